@@ -1,0 +1,309 @@
+"""Pure length math for LenVM critics: tensors in, tensors out, masks explicit.
+
+Conventions (DESIGN.md §2, used everywhere in this package):
+
+* A completion ``c_0 … c_{L-1}`` ends with EOS and **L counts the EOS token**.
+* State ``s_t`` is the prompt plus the first ``t`` completion tokens, ``t = 0 … L``; ``s_L`` is terminal.
+* Every generated token earns ``r = -(1 - γ)``; the terminal state has value 0, so the return is
+  ``G_t = -(1 - γ^(L - t))`` ∈ (-1, 0]: near 0 means "about to stop", near -1 "a long way to go".
+* Values of a batch of completions of width ``T`` are a ``(B, T+1)`` tensor: column 0 is ``V(s_0)`` (read at the
+  last prompt token), column ``t`` is read at completion token ``t-1``. Column ``L_b`` of a terminated row is
+  terminal (treated as 0 whatever it holds); of a truncated row it is the bootstrap value.
+* ``completion_mask`` is ``(B, T)`` with 1 on the ``L_b`` completion tokens of row ``b`` and 0 after (right padding).
+
+Nothing here touches a model or a trainer; a custom training loop can call every function directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_gamma",
+    "check_completion_mask",
+    "completion_lengths",
+    "length_to_value",
+    "value_to_length",
+    "choose_gamma",
+    "length_returns",
+    "discounted_cumsum",
+    "length_td_residuals",
+    "length_advantages",
+    "potential_shaping",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+]
+
+
+def check_gamma(gamma: float) -> float:
+    """Return ``gamma`` as a float after checking ``0 < γ < 1`` (raises ``ValueError`` naming the value)."""
+    try:
+        gamma_f = float(gamma)
+    except (TypeError, ValueError):
+        raise ValueError(f"gamma must be a number in (0, 1), got {gamma!r}") from None
+    if not (0.0 < gamma_f < 1.0) or math.isnan(gamma_f):
+        raise ValueError(f"gamma must lie strictly between 0 and 1, got {gamma_f!r}")
+    return gamma_f
+
+
+def check_completion_mask(completion_mask: Tensor, name: str = "completion_mask") -> Tensor:
+    """Check that a ``(B, T)`` mask holds only 0/1 and that every row is a prefix of ones (right padding).
+
+    Returns the mask unchanged. Raises ``ValueError`` naming the first offending row.
+    """
+    if completion_mask.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (B, T), got shape {tuple(completion_mask.shape)}")
+    if completion_mask.numel() == 0:
+        return completion_mask
+    mask = completion_mask
+    if mask.dtype == torch.bool:
+        mask = mask.to(torch.int8)
+    is_binary = (mask == 0) | (mask == 1)
+    if not bool(is_binary.all()):
+        row = int((~is_binary).any(dim=1).nonzero()[0])
+        raise ValueError(f"{name} must contain only 0 and 1; row {row} holds {mask[row].tolist()}")
+    if mask.shape[1] > 1:
+        rises = mask[:, 1:] > mask[:, :-1]
+        if bool(rises.any()):
+            row = int(rises.any(dim=1).nonzero()[0])
+            raise ValueError(
+                f"{name} rows must be a prefix of ones followed by zeros (right-padded completions); "
+                f"row {row} is {mask[row].tolist()}"
+            )
+    return completion_mask
+
+
+def completion_lengths(completion_mask: Tensor) -> Tensor:
+    """``(B,)`` int64 lengths ``L_b = Σ_t mask[b, t]`` of a checked ``(B, T)`` completion mask."""
+    check_completion_mask(completion_mask)
+    return completion_mask.to(torch.int64).sum(dim=1)
+
+
+def _float_dtype(*tensors: Tensor) -> torch.dtype:
+    for t in tensors:
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
+
+
+def length_to_value(remaining: Tensor | float, gamma: float) -> Tensor:
+    """Map a remaining length ``l ≥ 0`` (tokens, EOS included) to a value in (-1, 0].
+
+    ``V = -(1 - γ^l) = expm1(l · ln γ)`` — ``expm1`` keeps precision for γ close to 1 and short lengths.
+    Same shape as ``remaining``; integer inputs give the default float dtype.
+    """
+    gamma = check_gamma(gamma)
+    remaining = torch.as_tensor(remaining)
+    if not remaining.is_floating_point():
+        remaining = remaining.to(torch.get_default_dtype())
+    return torch.expm1(remaining.clamp(min=0) * math.log(gamma))
+
+
+def value_to_length(value: Tensor | float, gamma: float) -> Tensor:
+    """Map a value in (-1, 0] back to a remaining length: ``l = ln(1 + V) / ln γ`` (inverse of ``length_to_value``).
+
+    Values are clamped into ``[-1 + eps, 0]`` (``eps`` the dtype's machine epsilon) first, so ``V ≤ -1`` gives a
+    large finite length instead of ``inf`` and ``V ≥ 0`` gives 0. Same shape as ``value``.
+    """
+    gamma = check_gamma(gamma)
+    value = torch.as_tensor(value)
+    if not value.is_floating_point():
+        value = value.to(torch.get_default_dtype())
+    eps = torch.finfo(value.dtype).eps
+    clamped = value.clamp(min=-1.0 + eps, max=0.0)
+    return torch.log1p(clamped) / math.log(gamma)
+
+
+def choose_gamma(lengths: Tensor | list[int], quantile: float = 0.99, coverage: float = 0.99) -> float:
+    """Choose γ so that the ``quantile`` completion length ``L_q`` maps to value ``-coverage``.
+
+    ``γ = (1 - coverage)^(1 / L_q)``; with the defaults the 99th-percentile length maps to -0.99
+    (``L_q = 1533`` gives γ ≈ 0.997, the paper's Qwen2.5 choice). ``lengths`` are realized lengths (EOS counted)
+    of terminated rollouts.
+    """
+    lengths_t = torch.as_tensor(lengths, dtype=torch.float64).flatten()
+    if lengths_t.numel() == 0:
+        raise ValueError("choose_gamma needs at least one terminated completion length, got none")
+    if bool((lengths_t <= 0).any()) or not bool(torch.isfinite(lengths_t).all()):
+        raise ValueError("choose_gamma: lengths must be positive finite token counts (EOS included)")
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must lie in (0, 1], got {quantile!r}")
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"coverage must lie strictly between 0 and 1, got {coverage!r}")
+    length_q = float(torch.quantile(lengths_t, quantile))
+    return float((1.0 - coverage) ** (1.0 / length_q))
+
+
+def length_returns(completion_mask: Tensor, gamma: float) -> Tensor:
+    """Monte-Carlo length returns ``G_t = -(1 - γ^(L_b - t))`` for terminated rows.
+
+    Args:
+        completion_mask: ``(B, T)`` 0/1 prefix mask; ``L_b`` is the row sum (EOS included).
+        gamma: discount in (0, 1).
+
+    Returns:
+        ``(B, T)`` float tensor; exactly 0 where the mask is 0. The EOS position has ``G = -(1 - γ)``.
+    """
+    gamma = check_gamma(gamma)
+    lengths = completion_lengths(completion_mask)
+    steps = torch.arange(completion_mask.shape[1], device=completion_mask.device)
+    remaining = (lengths[:, None] - steps[None, :]).clamp(min=0)
+    dtype = _float_dtype(completion_mask)
+    returns = torch.expm1(remaining.to(dtype) * math.log(gamma))
+    return returns * completion_mask.to(dtype)
+
+
+def discounted_cumsum(rewards: Tensor, completion_mask: Tensor, discount: float) -> Tensor:
+    """Reverse discounted sum along time: ``out_t = x_t + discount · out_{t+1}`` with ``out_T = 0``.
+
+    ``x = rewards · mask``; the result is masked too, so padding is exactly 0. Shapes ``(B, T)`` → ``(B, T)``.
+    GAE is ``discounted_cumsum(δ, mask, γλ)``.
+    """
+    if rewards.shape != completion_mask.shape:
+        raise ValueError(
+            f"rewards {tuple(rewards.shape)} and completion_mask {tuple(completion_mask.shape)} must have one shape"
+        )
+    mask = completion_mask.to(rewards.dtype)
+    masked = rewards * mask
+    out = torch.zeros_like(masked)
+    running = torch.zeros_like(masked[:, 0]) if masked.shape[1] else None
+    for t in range(masked.shape[1] - 1, -1, -1):
+        running = masked[:, t] + discount * running
+        out[:, t] = running
+    return out * mask
+
+
+def _next_values(
+    values: Tensor, completion_mask: Tensor, terminated: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Split ``(B, T+1)`` values into ``V(s_t)`` and ``V(s_{t+1})`` with the terminal state of terminated rows at 0.
+
+    Returns ``(current, following, mask)``, each ``(B, T)``, ``mask`` as float in the values' dtype.
+    """
+    check_completion_mask(completion_mask)
+    batch, width = completion_mask.shape
+    if values.dim() != 2 or values.shape != (batch, width + 1):
+        raise ValueError(
+            f"values must have shape (B, T+1) = ({batch}, {width + 1}) for a completion_mask of shape "
+            f"({batch}, {width}); got {tuple(values.shape)}"
+        )
+    if not values.is_floating_point():
+        raise ValueError(f"values must be a floating-point tensor, got {values.dtype}")
+    lengths = completion_mask.to(torch.int64).sum(dim=1)
+    if terminated is None:
+        terminated = torch.ones(batch, dtype=torch.bool, device=values.device)
+    terminated = torch.as_tensor(terminated, device=values.device)
+    if terminated.shape != (batch,):
+        raise ValueError(f"terminated must have shape (B,) = ({batch},), got {tuple(terminated.shape)}")
+    steps = torch.arange(width, device=values.device)
+    is_last = steps[None, :] == (lengths[:, None] - 1)
+    ends_in_terminal = is_last & terminated.to(torch.bool)[:, None]
+    mask = completion_mask.to(values.dtype)
+    current = values[:, :width] * mask
+    following = torch.where(ends_in_terminal, torch.zeros_like(current), values[:, 1:]) * mask
+    return current, following, mask
+
+
+def length_td_residuals(
+    values: Tensor, completion_mask: Tensor, gamma: float, terminated: Tensor | None = None
+) -> Tensor:
+    """One-step length TD residuals ``δ_t = -(1-γ) + γ V(s_{t+1}) - V(s_t)``.
+
+    Args:
+        values: ``(B, T+1)`` critic values in the layout of the module docstring.
+        completion_mask: ``(B, T)`` 0/1 prefix mask.
+        gamma: the critic's discount.
+        terminated: ``(B,)`` bool, True where the completion ended with EOS (terminal value 0); False rows
+            bootstrap from ``values[b, L_b]``. ``None`` means every row terminated.
+
+    Returns:
+        ``(B, T)`` residuals, exactly 0 where the mask is 0.
+    """
+    gamma = check_gamma(gamma)
+    current, following, mask = _next_values(values, completion_mask, terminated)
+    return (-(1.0 - gamma) + gamma * following - current) * mask
+
+
+def length_advantages(
+    values: Tensor,
+    completion_mask: Tensor,
+    gamma: float,
+    lam: float = 1.0,
+    terminated: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """GAE over the length TD residual: ``A_t = Σ_k (γλ)^k δ_{t+k}``, and the λ-returns ``A_t + V(s_t)``.
+
+    With λ = 1 on a terminated row ``A_t = G_t - V(s_t)`` (positive when the continuation ended sooner than the
+    critic expected); with λ = 0, ``A_t = δ_t``, the one-step change the chosen token made to the predicted horizon.
+
+    Args:
+        values: ``(B, T+1)`` critic values (column ``L_b`` is ignored for terminated rows, bootstrap otherwise).
+        completion_mask: ``(B, T)`` 0/1 prefix mask.
+        gamma: the critic's discount, in (0, 1).
+        lam: GAE λ in [0, 1].
+        terminated: ``(B,)`` bool; ``None`` means all rows terminated.
+
+    Returns:
+        ``(advantages, returns)``, both ``(B, T)`` and exactly 0 where the mask is 0.
+    """
+    if not 0.0 <= float(lam) <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1], got {lam!r}")
+    deltas = length_td_residuals(values, completion_mask, gamma, terminated)
+    advantages = discounted_cumsum(deltas, completion_mask, check_gamma(gamma) * float(lam))
+    mask = completion_mask.to(values.dtype)
+    returns = (advantages + values[:, :-1]) * mask
+    return advantages, returns
+
+
+def potential_shaping(
+    values: Tensor, completion_mask: Tensor, gamma: float, terminated: Tensor | None = None
+) -> Tensor:
+    """Potential-based shaping terms ``F_t = γ Φ(s_{t+1}) - Φ(s_t)`` with ``Φ = values`` and ``Φ(terminal) = 0``.
+
+    Over a terminated row ``Σ_t γ^t F_t = -Φ(s_0)`` (it telescopes), the same for every completion of a prompt,
+    so adding ``β · F`` to the task reward leaves the task optimum unchanged (Ng et al., 1999) — for a frozen Φ.
+
+    Shapes: ``values`` ``(B, T+1)``, ``completion_mask`` ``(B, T)``, ``terminated`` ``(B,)`` → ``(B, T)``, zeros
+    where the mask is 0.
+    """
+    gamma = check_gamma(gamma)
+    current, following, mask = _next_values(values, completion_mask, terminated)
+    return (gamma * following - current) * mask
+
+
+def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``values`` over positions where ``mask`` is 1 (along ``dim``, or over everything when ``None``).
+
+    An all-zero mask gives 0 rather than NaN.
+    """
+    mask = mask.to(values.dtype)
+    total = (values * mask).sum() if dim is None else (values * mask).sum(dim=dim)
+    count = mask.sum() if dim is None else mask.sum(dim=dim)
+    return total / count.clamp(min=1.0)
+
+
+def masked_var(values: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of ``values`` over positions where ``mask`` is 1 (scalar). Bessel-corrected when ``unbiased``."""
+    mask = mask.to(values.dtype)
+    mean = masked_mean(values, mask)
+    count = mask.sum()
+    sq = (((values - mean) * mask) ** 2).sum()
+    denom = (count - 1.0) if unbiased else count
+    return sq / denom.clamp(min=1.0)
+
+
+def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Standardize ``values`` with the mean and std over the masked positions; padding stays exactly 0.
+
+    ``(x - μ) / sqrt(σ² + eps)`` (``x / sqrt(σ² + eps)`` when ``shift_mean`` is False).
+    """
+    mean = masked_mean(values, mask)
+    var = masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean * torch.rsqrt(var + eps)
+    return whitened * mask.to(values.dtype)

@@ -1,0 +1,22 @@
+"""The README's Python snippets run as written (after the quick-start command made runs/tiny-policy)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lenvm_rl.tiny import save_tiny_causal_lm
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+def test_readme_has_snippets():
+    assert len(SNIPPETS) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(SNIPPETS)))
+def test_readme_snippet_runs(index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_tiny_causal_lm(tmp_path / "runs" / "tiny-policy")
+    exec(compile(SNIPPETS[index], f"README.md snippet {index}", "exec"), {})
