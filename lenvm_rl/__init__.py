@@ -20,7 +20,15 @@ from .length_math import (
     potential_shaping,
     value_to_length,
 )
-from .modeling import LengthValueConfig, LengthValueModel, LengthValueOutput, add_lora, check_tokenizer, merge_lora
+from .modeling import (
+    LengthValueConfig,
+    LengthValueModel,
+    LengthValueOutput,
+    add_lora,
+    check_tokenizer,
+    merge_lora,
+    unwrap_critic,
+)
 
 __version__ = "0.1.0"
 
@@ -44,5 +52,6 @@ __all__ = [
     "masked_whiten",
     "merge_lora",
     "potential_shaping",
+    "unwrap_critic",
     "value_to_length",
 ]

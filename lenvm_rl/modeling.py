@@ -36,6 +36,7 @@ __all__ = [
     "check_tokenizer",
     "add_lora",
     "merge_lora",
+    "unwrap_critic",
 ]
 
 UPSTREAM_HEAD_FILE = "value_head.safetensors"
@@ -433,6 +434,20 @@ def add_lora(critic: LengthValueModel, lora_config: Any) -> Any:
         }
         lora_config.target_modules = sorted(linear_names)
     return get_peft_model(critic, lora_config)
+
+
+def unwrap_critic(model: Any) -> LengthValueModel:
+    """The :class:`LengthValueModel` inside a LoRA (``PeftModel``), DDP or DeepSpeed wrapper. LoRA layers live in
+    the critic's own modules, so calling the unwrapped critic still applies them."""
+    inner = model
+    while not isinstance(inner, LengthValueModel):
+        if hasattr(inner, "get_base_model"):
+            inner = inner.get_base_model()
+        elif hasattr(inner, "module"):
+            inner = inner.module
+        else:
+            raise TypeError(f"expected a LengthValueModel (optionally wrapped), got {type(model).__name__}")
+    return inner
 
 
 def merge_lora(model: Any) -> LengthValueModel:

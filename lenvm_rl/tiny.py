@@ -81,8 +81,7 @@ def tiny_decoder_config(
         raise ValueError(f"architecture must be one of {TINY_ARCHITECTURES}, got {architecture!r}")
     tokenizer = build_tiny_tokenizer()
     vocab_size = vocab_size or len(tokenizer)
-    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "bos_token_id": tokenizer.eos_token_id}
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None}
     if architecture == "gpt2":
         return AutoConfig.for_model(
             "gpt2", vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,

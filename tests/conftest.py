@@ -33,3 +33,40 @@ def tiny_model_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model_dirs):
     return tiny_model_dirs["llama"]
+
+
+def make_synthetic_rollouts(output_dir, tokenizer, num_prompts=40, samples=4, seed=0, eval_fraction=0.25,
+                            truncated_every=0):
+    """A prompt family whose completion length is a known function of the prompt: the prompt ends with a digit d
+    and every completion has 3·d + U{0..2} tokens (EOS counted). Saved with the real rollout writer."""
+    import random
+
+    from datasets import Dataset
+
+    from lenvm_rl.rollout import save_rollouts
+
+    rng = random.Random(seed)
+    rows = []
+    for prompt_index in range(num_prompts):
+        digit = rng.randint(1, 9)
+        noise = "".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 6)))
+        text = tokenizer.apply_chat_template([{"role": "user", "content": f"{noise}#{digit}"}],
+                                             add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for sample_index in range(samples):
+            length = 3 * digit + rng.randint(0, 2)
+            body = tokenizer("".join(rng.choice("xyz ") for _ in range(length - 1)), add_special_tokens=False)
+            completion = body["input_ids"] + [tokenizer.eos_token_id]
+            terminated = True
+            if truncated_every and (len(rows) % truncated_every == truncated_every - 1):
+                completion, terminated = completion[:-1], False
+            rows.append({"prompt_index": prompt_index, "sample_index": sample_index, "prompt_ids": prompt_ids,
+                         "completion_ids": completion, "terminated": terminated,
+                         "completion_length": len(completion)})
+    settings = {"synthetic": "3*digit+U{0..2}", "seed": seed}
+    return save_rollouts(Dataset.from_list(rows), output_dir, tokenizer, settings, eval_fraction, seed)
+
+
+@pytest.fixture()
+def synthetic_rollouts():
+    return make_synthetic_rollouts

@@ -1,0 +1,377 @@
+"""Critic training on rollouts: ``LenVMConfig`` (a ``TrainingArguments``), ``LenVMTrainer`` (a ``Trainer``) and the
+``lenvm-rl train-critic`` job.
+
+Targets come from realized lengths: for a terminated rollout of length ``L`` (EOS counted), position ``P-1+t`` of
+``prompt ⊕ completion`` (``t = 0 … L``; ``P-1`` is the last prompt token, ``P-1+L`` the EOS) is supervised with
+``G_t = -(1 - γ^(L-t))`` (0 at EOS). The loss is the squared error summed over all supervised tokens of the whole
+optimizer step — across gradient accumulation and across processes — divided by their count (never averaged per
+sequence first, which would weight tokens by ``1/L`` and change the regression target).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import Tensor
+from transformers import Trainer, TrainingArguments
+
+from .data import check_same_tokenizer
+from .io import write_text_atomically
+from .length_math import check_gamma, choose_gamma, length_to_value
+from .modeling import LengthValueModel, add_lora, check_tokenizer, merge_lora, unwrap_critic
+
+__all__ = [
+    "LenVMConfig",
+    "LenVMTrainer",
+    "LenVMDataCollator",
+    "CriticScriptArguments",
+    "length_regression_loss",
+    "prepare_critic_dataset",
+    "resolve_gamma",
+    "train_critic",
+]
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+TRAINING_INFO_FILE = "lenvm_training.json"
+
+
+@dataclass
+class LenVMConfig(TrainingArguments):
+    """``TrainingArguments`` plus the LenVM-specific options. Defaults differ from ``TrainingArguments`` where the
+    critic needs it: raw rollout columns are kept (``remove_unused_columns=False``) and ``labels`` holds the
+    per-token remaining lengths."""
+
+    gamma: str = field(
+        default="auto",
+        metadata={
+            "help": "Discount γ in (0, 1), or 'auto': choose_gamma(train lengths, gamma_quantile, gamma_coverage)."
+        },
+    )
+    gamma_quantile: float = field(default=0.99, metadata={"help": "Length quantile used by gamma 'auto'."})
+    gamma_coverage: float = field(
+        default=0.99, metadata={"help": "gamma 'auto' maps the quantile length to value -coverage."}
+    )
+    truncated_rollouts: str = field(
+        default="drop",
+        metadata={
+            "help": "What to do with rollouts that hit the token limit (no EOS, unknown length): 'drop' them with a "
+            "warning counting them, or 'error'. They are never labelled as if they ended there."
+        },
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "Drop rollouts whose prompt + completion exceed this many tokens."}
+    )
+    head_hidden_size: int | None = field(
+        default=None, metadata={"help": "Width of the value head's hidden layer for a new critic (default: H)."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modeling code from the hub for the critic backbone."}
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "Initial learning rate (AdamW)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep rollout columns; the collator builds the model inputs."}
+    )
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["labels"], metadata={"help": "The remaining-length labels built by the collator."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.truncated_rollouts not in ("drop", "error"):
+            raise ValueError(f"truncated_rollouts must be 'drop' or 'error', got {self.truncated_rollouts!r}")
+        if str(self.gamma) != "auto":
+            self.gamma = str(check_gamma(self.gamma))
+
+
+@dataclass
+class CriticScriptArguments:
+    """Where the rollouts are (``lenvm-rl train-critic``). The critic to start from is ``--model_name_or_path``:
+    a decoder backbone (new head) or a saved LenVM critic (continue training)."""
+
+    rollouts: str = field(metadata={"help": "Rollout directory written by `lenvm-rl rollout`."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str | None = field(default="eval", metadata={"help": "Split for evaluation (None: no evaluation)."})
+
+
+def length_regression_loss(
+    values: Tensor, labels: Tensor, gamma: float, num_items_in_batch: Tensor | int | None = None
+) -> Tensor:
+    """Squared error of the values against ``G = length_to_value(labels, γ)`` at supervised positions.
+
+    Args:
+        values: ``(B, S)`` predicted values.
+        labels: ``(B, S)`` remaining lengths ``L - t`` (≥ 0) at supervised positions, ``-100`` elsewhere.
+        gamma: the critic's discount.
+        num_items_in_batch: supervised tokens in the whole optimizer step (all micro-batches, all processes when
+            gathered); ``None`` divides by this batch's own count.
+
+    Returns:
+        scalar ``Σ (V - G)² / num_items`` in float32.
+    """
+    supervised = labels != IGNORE_INDEX
+    targets = length_to_value(labels.clamp(min=0).to(torch.float32), gamma)
+    squared = (values.float() - targets) ** 2 * supervised
+    count = supervised.sum() if num_items_in_batch is None else num_items_in_batch
+    if torch.is_tensor(count):
+        count = count.to(squared.device, torch.float32)
+    return squared.sum() / count
+
+
+@dataclass
+class LenVMDataCollator:
+    """Turn rollout rows into ``input_ids``/``attention_mask`` (right-padded ``prompt ⊕ completion``) and ``labels``
+    holding the remaining length ``L - t`` at positions ``P-1+t``, ``t = 0 … L``, and ``-100`` elsewhere."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
+        sequences = [list(f["prompt_ids"]) + list(f["completion_ids"]) for f in features]
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        for row, (feature, sequence) in enumerate(zip(features, sequences, strict=True)):
+            prompt_length, length = len(feature["prompt_ids"]), len(feature["completion_ids"])
+            input_ids[row, : len(sequence)] = torch.tensor(sequence)
+            attention_mask[row, : len(sequence)] = 1
+            labels[row, prompt_length - 1 : prompt_length + length] = torch.arange(length, -1, -1)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def prepare_critic_dataset(
+    split: Dataset, truncated_rollouts: str = "drop", max_length: int | None = None, name: str = "train"
+) -> Dataset:
+    """Keep what the critic can learn from: terminated rollouts with a non-empty prompt (and within ``max_length``).
+
+    Truncated rollouts have no known length; with ``truncated_rollouts='drop'`` they are removed with a warning that
+    counts them, with ``'error'`` their presence is an error. No terminated rollout at all is always an error.
+    """
+    if len(split) == 0:
+        raise ValueError(f"the {name} split is empty")
+    terminated = split["terminated"]
+    num_truncated = len(terminated) - sum(terminated)
+    if num_truncated:
+        if truncated_rollouts == "error":
+            raise ValueError(
+                f"{num_truncated} of {len(split)} {name} rollouts are truncated (no EOS) and truncated_rollouts='error'"
+            )
+        warnings.warn(
+            f"dropping {num_truncated} of {len(split)} {name} rollouts that hit the token limit without EOS "
+            "(their length is unknown)",
+            stacklevel=2,
+        )
+    if num_truncated == len(split):
+        raise ValueError(
+            f"none of the {len(split)} {name} rollouts terminated with EOS; raise max_new_tokens when rolling out"
+        )
+    kept = split.filter(lambda row: row["terminated"] and len(row["prompt_ids"]) > 0)
+    if max_length is not None:
+        before = len(kept)
+        kept = kept.filter(lambda row: len(row["prompt_ids"]) + len(row["completion_ids"]) <= max_length)
+        if len(kept) < before:
+            warnings.warn(f"dropping {before - len(kept)} {name} rollouts longer than max_length={max_length}",
+                          stacklevel=2)
+        if len(kept) == 0:
+            raise ValueError(f"no {name} rollout fits in max_length={max_length}")
+    return kept
+
+
+def resolve_gamma(gamma: str | float, lengths: list[int], quantile: float = 0.99, coverage: float = 0.99) -> float:
+    """``gamma`` as a float; ``'auto'`` applies :func:`choose_gamma` to the terminated training lengths."""
+    if str(gamma) == "auto":
+        return choose_gamma(lengths, quantile=quantile, coverage=coverage)
+    return check_gamma(gamma)
+
+
+class LenVMTrainer(Trainer):
+    """A ``transformers.Trainer`` for LenVM critics with the token-level loss of the module docstring.
+
+    The model is a :class:`LengthValueModel` (or a LoRA-wrapped one) whose config holds γ. ``evaluate`` adds the
+    critic metrics of :func:`lenvm_rl.evaluation.critic_metrics` (prompt-boundary MRE against the value-space ground
+    truth and a constant baseline, relative remaining-length error at 0/25/50/75% of each completion).
+    """
+
+    def __init__(self, model: Any, args: LenVMConfig | TrainingArguments | None = None, *,
+                 data_collator: Any = None, processing_class: Any = None,
+                 baseline_value: float | None = None, **kwargs: Any):
+        critic = unwrap_critic(model)
+        self.gamma = critic.gamma
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("LenVMTrainer needs a processing_class (the tokenizer) or a data_collator")
+            data_collator = LenVMDataCollator(pad_token_id=processing_class.pad_token_id)
+        self.baseline_value = baseline_value
+        super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class,
+                         **kwargs)
+        # compute_loss divides by the step's supervised-token count, which the Trainer computes from `labels`
+        # (and gathers across processes) only for models that accept loss kwargs.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(self, model: Any, inputs: dict[str, Tensor], return_outputs: bool = False,
+                     num_items_in_batch: Tensor | int | None = None) -> Tensor | tuple[Tensor, Any]:
+        labels = inputs["labels"]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        loss = length_regression_loss(outputs.values, labels, self.gamma, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # DDP averages gradients over processes; the count is already global, so undo that average.
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, eval_dataset: Dataset | None = None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
+        from .evaluation import critic_metrics
+
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, Dataset) and len(dataset):
+            was_training = self.model.training
+            self.model.eval()
+            extra = critic_metrics(
+                self.model, dataset, self.gamma, pad_token_id=self.data_collator.pad_token_id,
+                baseline_value=self.baseline_value, batch_size=self.args.per_device_eval_batch_size,
+            )
+            self.model.train(was_training)
+            extra = {f"{metric_key_prefix}_{key}": value for key, value in extra.scalars().items()}
+            self.log(extra)
+            metrics.update(extra)
+        return metrics
+
+
+def _load_critic(model_args: Any, config: LenVMConfig, gamma: float) -> LengthValueModel:
+    """A saved LenVM critic continues training; any other decoder gets a new head."""
+    from transformers import AutoConfig
+
+    name = model_args.model_name_or_path
+    load_kwargs = {"dtype": _dtype(model_args.dtype), "revision": model_args.model_revision,
+                   "trust_remote_code": config.trust_remote_code}
+    if model_args.attn_implementation:
+        load_kwargs["attn_implementation"] = model_args.attn_implementation
+    if AutoConfig.from_pretrained(name, trust_remote_code=config.trust_remote_code).model_type == "lenvm":
+        critic = LengthValueModel.from_pretrained(name, **load_kwargs)
+        if critic.config.gamma is not None and not math.isclose(critic.config.gamma, gamma):
+            logger.warning("critic %s was trained with gamma=%s; continuing with gamma=%s", name,
+                           critic.config.gamma, gamma)
+        critic.config.gamma = gamma
+        return critic
+    return LengthValueModel.from_backbone(name, gamma=gamma, head_hidden_size=config.head_hidden_size, **load_kwargs)
+
+
+def _dtype(name: str | None) -> torch.dtype | str:
+    return "auto" if name in (None, "auto") else getattr(torch, name)
+
+
+def _lora_config(model_args: Any) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules or "all-linear", bias="none",
+        use_rslora=model_args.use_rslora, use_dora=model_args.use_dora,
+        modules_to_save=model_args.lora_modules_to_save,
+    )
+
+
+def _training_record(script_args: CriticScriptArguments, info: dict[str, Any], gamma: float) -> dict[str, Any]:
+    return {"rollouts": str(Path(script_args.rollouts).resolve()), "rollout_settings": info["settings"],
+            "rollout_rows": info["num_rows"], "train_split": script_args.train_split, "gamma": gamma}
+
+
+def train_critic(script_args: CriticScriptArguments, config: LenVMConfig, model_args: Any) -> LenVMTrainer:
+    """The ``train-critic`` job: load rollouts, resolve γ, build or load the critic (optionally LoRA), train with
+    :class:`LenVMTrainer`, evaluate, and save a full critic (LoRA merged) plus its tokenizer to ``output_dir``."""
+    from transformers import AutoTokenizer
+
+    from .rollout import load_rollouts
+
+    if not model_args.model_name_or_path:
+        raise ValueError("train-critic needs --model_name_or_path (a decoder backbone or a saved LenVM critic)")
+    splits, info = load_rollouts(script_args.rollouts)
+    if script_args.train_split not in splits:
+        raise ValueError(f"{script_args.rollouts}: no split {script_args.train_split!r}; have {sorted(splits)}")
+    train = prepare_critic_dataset(splits[script_args.train_split], config.truncated_rollouts, config.max_length)
+    eval_data = None
+    if script_args.eval_split and script_args.eval_split not in splits:
+        warnings.warn(f"{script_args.rollouts} has no {script_args.eval_split!r} split; skipping evaluation",
+                      stacklevel=2)
+    elif script_args.eval_split:
+        held_out = splits[script_args.eval_split]
+        if any(held_out["terminated"]):
+            eval_data = prepare_critic_dataset(held_out, "drop", config.max_length, "eval")
+        else:
+            warnings.warn(f"no terminated rollout in the {script_args.eval_split!r} split; skipping evaluation",
+                          stacklevel=2)
+
+    if eval_data is None and config.eval_strategy != "no":
+        from transformers.trainer_utils import IntervalStrategy
+
+        config.eval_strategy, config.do_eval = IntervalStrategy.NO, False
+    tokenizer = check_tokenizer(
+        AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=config.trust_remote_code)
+    )
+    check_same_tokenizer(info["tokenizer_fingerprint"], tokenizer,
+                         f"rollouts {script_args.rollouts} vs critic {model_args.model_name_or_path}")
+
+    train_lengths = train["completion_length"]
+    gamma = resolve_gamma(config.gamma, train_lengths, config.gamma_quantile, config.gamma_coverage)
+    logger.info("gamma = %.6f (%s)", gamma, "auto" if config.gamma == "auto" else "given")
+
+    record = _training_record(script_args, info, gamma)
+    record_path = Path(config.output_dir) / TRAINING_INFO_FILE
+    if config.resume_from_checkpoint and record_path.exists():
+        previous = json.loads(record_path.read_text())
+        if {k: previous.get(k) for k in record} != record:
+            raise ValueError(
+                f"cannot resume in {config.output_dir}: it was trained on {previous.get('rollouts')} "
+                f"({previous.get('rollout_rows')} rows, gamma={previous.get('gamma')}), not on "
+                f"{record['rollouts']} ({record['rollout_rows']} rows, gamma={gamma})"
+            )
+    write_text_atomically(record_path, json.dumps(record, indent=2))
+
+    critic = _load_critic(model_args, config, gamma)
+    model = add_lora(critic, _lora_config(model_args)) if model_args.use_peft else critic
+    baseline = float(length_to_value(torch.tensor(train_lengths, dtype=torch.float64), gamma).mean())
+    trainer = LenVMTrainer(
+        model=model, args=config, train_dataset=train, eval_dataset=eval_data, processing_class=tokenizer,
+        baseline_value=baseline,
+    )
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    if eval_data is not None:
+        trainer.evaluate()
+    final = merge_lora(trainer.accelerator.unwrap_model(trainer.model)) if model_args.use_peft else None
+    if final is not None:
+        if trainer.accelerator.is_main_process:
+            final.save_pretrained(config.output_dir)
+            tokenizer.save_pretrained(config.output_dir)
+        trainer.accelerator.wait_for_everyone()
+    else:
+        trainer.save_model(config.output_dir)
+    return trainer
+
+
+def _run(script_args: CriticScriptArguments, config: LenVMConfig, model_args: Any) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    train_critic(script_args, config, model_args)
+    print(f"critic saved to {config.output_dir}")
+
+
+def _register() -> None:
+    from trl import ModelConfig
+
+    from .cli import register
+
+    register("train-critic", "Train a LenVM critic on rollouts (token-level loss, γ auto, LoRA, DeepSpeed).",
+             (CriticScriptArguments, LenVMConfig, ModelConfig), _run)
+
+
+_register()
