@@ -18,6 +18,7 @@ from .length_math import (
     masked_var,
     masked_whiten,
     potential_shaping,
+    value_targets,
     value_to_length,
 )
 from .modeling import (
@@ -53,5 +54,6 @@ __all__ = [
     "merge_lora",
     "potential_shaping",
     "unwrap_critic",
+    "value_targets",
     "value_to_length",
 ]

@@ -100,7 +100,8 @@ def _load_subcommands() -> None:
     # Job modules register themselves on import; importing them lazily keeps `lenvm-rl --help` fast.
     import importlib
 
-    for module in ("lenvm_rl.rollout", "lenvm_rl.critic_training", "lenvm_rl.evaluation", "lenvm_rl.decoding"):
+    for module in ("lenvm_rl.rollout", "lenvm_rl.critic_training", "lenvm_rl.evaluation", "lenvm_rl.grpo",
+                   "lenvm_rl.decoding"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as error:

@@ -29,6 +29,7 @@ __all__ = [
     "value_to_length",
     "choose_gamma",
     "length_returns",
+    "value_targets",
     "discounted_cumsum",
     "length_td_residuals",
     "length_advantages",
@@ -155,6 +156,21 @@ def length_returns(completion_mask: Tensor, gamma: float) -> Tensor:
     dtype = _float_dtype(completion_mask)
     returns = torch.expm1(remaining.to(dtype) * math.log(gamma))
     return returns * completion_mask.to(dtype)
+
+
+def value_targets(completion_mask: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """Regression targets in the ``(B, T+1)`` values layout for terminated rows.
+
+    Column ``t`` reads ``V(s_t)``; its target is ``G_t = -(1 - γ^(L_b - t))`` for ``t ≤ L_b`` (0 at the terminal
+    column ``L_b``). Returns ``(targets, supervised)``, both ``(B, T+1)``; ``supervised`` is 1 for ``t ≤ L_b``.
+    """
+    gamma = check_gamma(gamma)
+    lengths = completion_lengths(completion_mask)
+    steps = torch.arange(completion_mask.shape[1] + 1, device=completion_mask.device)
+    remaining = lengths[:, None] - steps[None, :]
+    supervised = (remaining >= 0).to(_float_dtype(completion_mask))
+    targets = torch.expm1(remaining.clamp(min=0).to(supervised.dtype) * math.log(gamma)) * supervised
+    return targets, supervised
 
 
 def discounted_cumsum(rewards: Tensor, completion_mask: Tensor, discount: float) -> Tensor:

@@ -4,7 +4,9 @@ import re
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
+from lenvm_rl import LengthValueModel
 from lenvm_rl.tiny import save_tiny_causal_lm
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -18,5 +20,8 @@ def test_readme_has_snippets():
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_readme_snippet_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    save_tiny_causal_lm(tmp_path / "runs" / "tiny-policy")
+    policy = save_tiny_causal_lm(tmp_path / "runs" / "tiny-policy")
+    critic = LengthValueModel.from_backbone(policy, gamma=0.95)
+    critic.save_pretrained(tmp_path / "runs" / "tiny-critic")
+    AutoTokenizer.from_pretrained(policy).save_pretrained(tmp_path / "runs" / "tiny-critic")
     exec(compile(SNIPPETS[index], f"README.md snippet {index}", "exec"), {})

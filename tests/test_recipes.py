@@ -43,3 +43,28 @@ def test_realistic_critic_recipes_with_the_tiny_override(workdir):
                  "--output_dir", "runs/critic", "--max_steps", "2", "--bf16", "false", "--use_cpu", "true",
                  "--report_to", "none", "--eval_steps", "1", "--save_steps", "2"]) == 0
     assert (workdir / "runs" / "critic" / "model.safetensors").exists()
+
+
+def tiny_grpo_override(workdir):
+    from transformers import AutoTokenizer
+
+    from lenvm_rl import LengthValueModel
+
+    policy = workdir / "runs" / "tiny-policy"
+    critic = workdir / "runs" / "tiny-critic"
+    LengthValueModel.from_backbone(policy, gamma=0.95).save_pretrained(critic)
+    AutoTokenizer.from_pretrained(policy).save_pretrained(critic)
+    return ["--model_name_or_path", str(policy), "--dtype", "float32", "--dataset_name", str(TINY_PROMPTS),
+            "--dataset_config", "None", "--prompt_column", "prompt", "--reward_funcs", "arithmetic_correctness",
+            "--critic_model_name_or_path", str(critic), "--critic_dtype", "float32", "--max_steps", "2",
+            "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--num_generations", "4",
+            "--max_completion_length", "16", "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing",
+            "false", "--report_to", "none", "--save_steps", "2", "--length_coef_warmup_steps", "1",
+            "--lora_target_modules", "q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes" / "grpo").glob("*.yaml")), ids=lambda p: p.stem)
+def test_grpo_recipes_with_the_tiny_override(workdir, recipe):
+    output_dir = workdir / "runs" / recipe.stem
+    assert main(["grpo", "--config", str(recipe), *tiny_grpo_override(workdir), "--output_dir", str(output_dir)]) == 0
+    assert (output_dir / "adapter_config.json").exists()  # LoRA policy saved as an adapter

@@ -1,0 +1,136 @@
+"""Sequence-level length baselines as TRL reward functions, so every comparison runs on the same trainer.
+
+Each is a callable ``f(prompts, completions, completion_ids, **kwargs) -> list[float]`` that ``GRPOTrainer`` (and
+``LenVMGRPOTrainer``) accept in ``reward_funcs`` next to the task reward; TRL sums the rewards (with
+``reward_weights``) before group normalization. Lengths count completion tokens, EOS included, like the rest of
+the package. TRL's own soft overlong punishment (``trl.rewards.get_soft_overlong_punishment``) works as is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["LinearLengthPenalty", "KimiLengthReward", "TargetLengthReward", "TokenBudgetReward"]
+
+RewardFunction = Callable[..., Sequence[float | None]]
+
+
+def _lengths(completion_ids: Sequence[Sequence[int]]) -> list[int]:
+    return [len(ids) for ids in completion_ids]
+
+
+def _check_positive(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+class LinearLengthPenalty:
+    """``r = -coef · L / scale``: every token costs the same, whatever the prompt (the classic length penalty).
+
+    Args:
+        coef: penalty per ``scale`` tokens (≥ 0).
+        scale: tokens per unit of penalty, e.g. ``max_completion_length`` so that ``coef`` is the penalty of a
+            maximal completion.
+    """
+
+    __name__ = "linear_length_penalty"
+
+    def __init__(self, coef: float = 1.0, scale: float = 1.0):
+        if not math.isfinite(coef) or coef < 0:
+            raise ValueError(f"coef must be a finite number ≥ 0, got {coef!r}")
+        self.coef, self.scale = float(coef), _check_positive("scale", scale)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+                 **kwargs: Any) -> list[float]:
+        return [-self.coef * length / self.scale for length in _lengths(completion_ids)]
+
+
+class KimiLengthReward:
+    """The group-relative length reward of Kimi k1.5: within the completions of one prompt,
+    ``λ = 0.5 - (L - L_min) / (L_max - L_min)``; a correct completion earns ``coef · λ``, a wrong one
+    ``coef · min(0, λ)`` (so being short never pays a wrong answer). All equal lengths give 0.
+
+    ``correctness`` is a reward function returning 1 for correct and 0 for wrong (called with the same arguments).
+    Groups are the completions of equal prompts within one call; under several processes TRL may split a group, and
+    the local part is used.
+    """
+
+    __name__ = "kimi_length_reward"
+
+    def __init__(self, correctness: RewardFunction, coef: float = 1.0, threshold: float = 0.5):
+        if not callable(correctness):
+            raise ValueError("correctness must be a reward function returning 1 (correct) or 0 (wrong)")
+        if not math.isfinite(coef) or coef < 0:
+            raise ValueError(f"coef must be a finite number ≥ 0, got {coef!r}")
+        self.correctness, self.coef, self.threshold = correctness, float(coef), float(threshold)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+                 **kwargs: Any) -> list[float]:
+        correct = self.correctness(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        lengths = _lengths(completion_ids)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, prompt in enumerate(prompts):
+            groups[repr(prompt)].append(index)
+        rewards = [0.0] * len(lengths)
+        for members in groups.values():
+            shortest, longest = min(lengths[i] for i in members), max(lengths[i] for i in members)
+            for i in members:
+                lam = 0.0 if longest == shortest else 0.5 - (lengths[i] - shortest) / (longest - shortest)
+                is_correct = correct[i] is not None and correct[i] >= self.threshold
+                rewards[i] = self.coef * (lam if is_correct else min(0.0, lam))
+        return rewards
+
+
+class TargetLengthReward:
+    """An L1-style target-length reward: ``r = -coef · |L - L_target| / scale``.
+
+    The target is a fixed ``target_length`` or, per prompt, a dataset column named by ``target_column`` (TRL passes
+    dataset columns to reward functions as keyword arguments).
+    """
+
+    __name__ = "target_length_reward"
+
+    def __init__(self, coef: float = 1.0, target_length: int | None = None, target_column: str | None = None,
+                 scale: float = 1.0):
+        if (target_length is None) == (target_column is None):
+            raise ValueError("give exactly one of target_length (fixed) or target_column (per prompt)")
+        if target_length is not None:
+            _check_positive("target_length", target_length)
+        if not math.isfinite(coef) or coef < 0:
+            raise ValueError(f"coef must be a finite number ≥ 0, got {coef!r}")
+        self.coef, self.target_length, self.target_column = float(coef), target_length, target_column
+        self.scale = _check_positive("scale", scale)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+                 **kwargs: Any) -> list[float]:
+        if self.target_column is not None:
+            if self.target_column not in kwargs:
+                raise ValueError(f"dataset column {self.target_column!r} (target lengths) was not passed to the reward")
+            targets = [float(t) for t in kwargs[self.target_column]]
+        else:
+            targets = [float(self.target_length)] * len(completion_ids)
+        lengths = _lengths(completion_ids)
+        return [-self.coef * abs(length - target) / self.scale for length, target in zip(lengths, targets, strict=True)]
+
+
+class TokenBudgetReward:
+    """A hard token budget: the task reward when ``L ≤ budget``, 0 past it."""
+
+    __name__ = "token_budget_reward"
+
+    def __init__(self, task_reward: RewardFunction, budget: int):
+        if not callable(task_reward):
+            raise ValueError("task_reward must be a reward function")
+        if not (isinstance(budget, int) and budget >= 1):
+            raise ValueError(f"budget must be a positive number of tokens, got {budget!r}")
+        self.task_reward, self.budget = task_reward, budget
+
+    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+                 **kwargs: Any) -> list[float | None]:
+        task = self.task_reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        return [reward if length <= self.budget else 0.0 for reward, length in
+                zip(task, _lengths(completion_ids), strict=True)]
