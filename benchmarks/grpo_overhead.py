@@ -52,7 +52,7 @@ def main() -> None:
             output_dir=f"{work}/out", per_device_train_batch_size=16, num_generations=4, max_completion_length=64,
             # learning rate 0: the policy stays fixed, so every configuration generates the same completions and
             # the timing difference is the critic alone (a length term would otherwise shorten generations).
-            max_steps=args.steps, learning_rate=0.0, use_cpu=True, report_to="none", logging_steps=1000,
+            max_steps=args.steps, learning_rate=0.0, use_cpu=True, bf16=False, report_to="none", logging_steps=1000,
             beta=0.0, seed=0, save_strategy="no", disable_tqdm=True, length_gate="none",
             length_mode="advantage" if critic_path else "none", critic_model_name_or_path=critic_path,
             temperature=1.0,

@@ -33,7 +33,8 @@ from .data import load_prompt_dataset, render_prompt, tokenizer_fingerprint
 from .io import directory_replaced_atomically, write_text_atomically
 from .modeling import check_tokenizer
 
-__all__ = ["RolloutConfig", "generate_rollouts", "save_rollouts", "load_rollouts", "ROLLOUT_INFO_FILE"]
+__all__ = ["RolloutConfig", "generate_rollouts", "sample_completions", "save_rollouts", "load_rollouts",
+           "ROLLOUT_INFO_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,28 +129,34 @@ def _split_completion(tokens: list[int], eos_ids: set[int]) -> tuple[list[int], 
     return tokens, False
 
 
-def _generate_chunk(model: Any, tokenizer: Any, prompt_ids: list[list[int]], config: RolloutConfig, seed: int,
-                    eos_ids: set[int]) -> list[tuple[list[int], bool]]:
-    """Sample ``n`` completions for each prompt of a chunk with ``model.generate``. Returns, prompt-major, the
-    ``(completion_ids, terminated)`` of every sample."""
+def sample_completions(model: Any, tokenizer: Any, prompt_ids: list[list[int]], num_samples: int = 1,
+                       temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 512,
+                       seed: int = 0, eos_ids: set[int] | None = None) -> list[tuple[list[int], bool]]:
+    """Sample ``num_samples`` completions for each tokenized prompt with ``model.generate`` (left padding).
+
+    Returns, prompt-major, the ``(completion_ids, terminated)`` of every sample: ids are cut after the first EOS
+    (kept), ``terminated`` says whether one was produced. ``temperature=0`` is greedy.
+    """
     from transformers import GenerationConfig, set_seed
 
+    eos_ids = eos_ids or _eos_ids(tokenizer, getattr(model, "generation_config", None))
     set_seed(seed)
+    tokenizer.padding_side = "left"
     batch = tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
     device = next(model.parameters()).device
-    sample = config.temperature > 0
+    sample = temperature > 0
     generation_config = GenerationConfig(
-        max_new_tokens=config.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         do_sample=sample,
-        temperature=config.temperature if sample else None,
-        top_p=config.top_p if sample else None,
-        top_k=config.top_k if sample else None,
+        temperature=temperature if sample else None,
+        top_p=top_p if sample else None,
+        top_k=top_k if sample else None,
         eos_token_id=sorted(eos_ids),
         pad_token_id=tokenizer.pad_token_id,
     )
     # Repeating rows (rather than num_return_sequences) also works for greedy decoding and keeps rows prompt-major.
-    input_ids = batch["input_ids"].repeat_interleave(config.num_samples, dim=0)
-    attention_mask = batch["attention_mask"].repeat_interleave(config.num_samples, dim=0)
+    input_ids = batch["input_ids"].repeat_interleave(num_samples, dim=0)
+    attention_mask = batch["attention_mask"].repeat_interleave(num_samples, dim=0)
     with torch.inference_mode():
         output = model.generate(
             input_ids=input_ids.to(device),
@@ -158,6 +165,12 @@ def _generate_chunk(model: Any, tokenizer: Any, prompt_ids: list[list[int]], con
         )
     generated = output[:, batch["input_ids"].shape[1]:].tolist()
     return [_split_completion(tokens, eos_ids) for tokens in generated]
+
+
+def _generate_chunk(model: Any, tokenizer: Any, prompt_ids: list[list[int]], config: RolloutConfig, seed: int,
+                    eos_ids: set[int]) -> list[tuple[list[int], bool]]:
+    return sample_completions(model, tokenizer, prompt_ids, config.num_samples, config.temperature, config.top_p,
+                              config.top_k, config.max_new_tokens, seed, eos_ids)
 
 
 def _generate_chunk_vllm(llm: Any, prompt_ids: list[list[int]], config: RolloutConfig, seed: int,

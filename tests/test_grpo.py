@@ -15,7 +15,7 @@ from lenvm_rl.grpo import LenVMGRPOConfig, LenVMGRPOTrainer
 from lenvm_rl.tiny import build_tiny_tokenizer, save_tiny_causal_lm
 
 COMMON = dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=24, learning_rate=1e-3,
-              use_cpu=True, report_to="none", logging_steps=1, beta=0.0, seed=0, save_strategy="no",
+              use_cpu=True, bf16=False, report_to="none", logging_steps=1, beta=0.0, seed=0, save_strategy="no",
               disable_tqdm=True)
 
 
