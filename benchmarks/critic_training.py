@@ -50,7 +50,7 @@ def main() -> None:
     lm_optimizer = torch.optim.AdamW(causal_lm.parameters(), lr=1e-5)
 
     def critic_step():
-        values = critic(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).values
+        values = critic(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).value
         length_regression_loss(values, batch["labels"], 0.997).backward()
         critic_optimizer.step()
         critic_optimizer.zero_grad(set_to_none=True)

@@ -222,7 +222,7 @@ class LenVMTrainer(Trainer):
                      num_items_in_batch: Tensor | int | None = None) -> Tensor | tuple[Tensor, Any]:
         labels = inputs["labels"]
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        loss = length_regression_loss(outputs.values, labels, self.gamma, num_items_in_batch)
+        loss = length_regression_loss(outputs.value, labels, self.gamma, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # DDP averages gradients over processes; the count is already global, so undo that average.
             loss = loss * self.accelerator.num_processes
@@ -348,6 +348,9 @@ def train_critic(script_args: CriticScriptArguments, config: LenVMConfig, model_
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     if eval_data is not None:
         trainer.evaluate()
+    if trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+        _save_zero3_critic(trainer, tokenizer, config.output_dir, merge=model_args.use_peft)
+        return trainer
     final = merge_lora(trainer.accelerator.unwrap_model(trainer.model)) if model_args.use_peft else None
     if final is not None:
         if trainer.accelerator.is_main_process:
@@ -357,6 +360,22 @@ def train_critic(script_args: CriticScriptArguments, config: LenVMConfig, model_
     else:
         trainer.save_model(config.output_dir)
     return trainer
+
+
+def _save_zero3_critic(trainer: LenVMTrainer, tokenizer: Any, output_dir: str, merge: bool) -> None:
+    """Save a normal critic checkpoint from a ZeRO-3 run: every process holds only a shard of each weight, so gather
+    them all (a LoRA merge needs whole weights too), merge, and write from the main process. Unlike the Trainer's
+    own save this does not depend on ``zero3_save_16bit_model`` (without it the Trainer writes only a DeepSpeed
+    checkpoint). Gathering holds the whole critic on every process for the duration of the save."""
+    import deepspeed
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        final = merge_lora(model) if merge else unwrap_critic(model)
+        if trainer.accelerator.is_main_process:
+            final.save_pretrained(output_dir)
+            tokenizer.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 def _run(script_args: CriticScriptArguments, config: LenVMConfig, model_args: Any) -> None:

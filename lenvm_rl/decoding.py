@@ -296,7 +296,7 @@ class CachedCandidateScorer:
         cache.crop(-k)
         self.cache = cache
         self.key_valid = torch.cat([self.key_valid, new_valid], dim=1)
-        values = output.values.float()
+        values = output.value.float()
         return values[:, :n], values[:, n:]
 
 
@@ -324,7 +324,7 @@ def score_candidates_uncached(
     mask = torch.cat([prefix_mask.repeat_interleave(k, dim=0), prefix_mask.new_ones(batch * k, 1)], dim=1)
     step = micro_batch_size or ids.shape[0]
     values = [
-        critic(input_ids=ids[start : start + step], attention_mask=mask[start : start + step]).values[:, -1]
+        critic(input_ids=ids[start : start + step], attention_mask=mask[start : start + step]).value[:, -1]
         for start in range(0, ids.shape[0], step)
     ]
     return torch.cat(values).float().reshape(batch, k)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = ["LenVMGRPOConfig", "LenVMGRPOTrainer", "LENGTH_MODES", "LENGTH_GATES"
 LENGTH_MODES = ("advantage", "shaping", "none")
 LENGTH_GATES = ("none", "success")
 COEF_SCHEDULES = ("constant", "linear_warmup")
+CRITIC_ZERO3_MODES = ("shard", "replicate")
 
 
 @dataclass
@@ -66,6 +68,12 @@ class LenVMGRPOConfig(GRPOConfig):
     )
     critic_batch_size: int | None = field(
         default=None, metadata={"help": "Rows per critic forward (None: the whole local generation batch)."}
+    )
+    critic_zero3: str = field(
+        default="shard",
+        metadata={"help": "Under DeepSpeed ZeRO-3: 'shard' the frozen critic across processes like the policy (TRL's "
+                          "treatment of reference/reward models), or 'replicate' a full copy on every process (no "
+                          "all-gathers per forward; for critics no larger than the policy). Ignored otherwise."},
     )
     length_coef: float = field(
         default=1.0, metadata={"help": "s in advantage mode, β in shaping mode (> 0 prefers shorter)."}
@@ -97,7 +105,17 @@ class LenVMGRPOConfig(GRPOConfig):
     critic_learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the critic refresh."})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as error:
+            # TRL checks the batch layout against the number of processes the launcher started, but its message
+            # does not say that the process count (from the accelerate config / torchrun) is part of the product.
+            message = _batch_layout_message(self, error)
+            if message is None:
+                raise
+            raise ValueError(message) from error
+        if self.critic_zero3 not in CRITIC_ZERO3_MODES:
+            raise ValueError(f"critic_zero3 must be one of {CRITIC_ZERO3_MODES}, got {self.critic_zero3!r}")
         if self.length_mode not in LENGTH_MODES:
             raise ValueError(f"length_mode must be one of {LENGTH_MODES}, got {self.length_mode!r}")
         if self.length_gate not in LENGTH_GATES:
@@ -145,6 +163,8 @@ class LenVMGRPOTrainer(GRPOTrainer):
         critic_model = None
         if args.length_mode != "none":
             critic_model, critic_tokenizer = _load_critic(critic, args, critic_processing_class)
+            if _zero3_enabled():
+                _check_critic_for_zero3(critic_model, args.critic_zero3)  # before the policy is even loaded
         super().__init__(model, reward_funcs, args, **kwargs)
         self.length_critic: LengthCritic | None = None
         if critic_model is None:
@@ -156,6 +176,9 @@ class LenVMGRPOTrainer(GRPOTrainer):
                 raise ValueError("critic_refresh is not supported under DeepSpeed; refresh the critic offline")
             critic_model.to(self.accelerator.device).train()
             self.critic_optimizer = torch.optim.AdamW(critic_model.parameters(), lr=args.critic_learning_rate)
+        elif self.is_deepspeed_enabled and _zero3_enabled() and args.critic_zero3 == "replicate":
+            _check_replicated_critic_size(critic_model, self.model)
+            critic_model = critic_model.to(self.accelerator.device).eval()
         elif self.is_deepspeed_enabled:
             from trl.models import prepare_deepspeed
 
@@ -316,8 +339,11 @@ def _load_critic(critic: LengthValueModel | str | None, args: LenVMGRPOConfig,
         path = Path(source)
         if not path.exists() and (path.is_absolute() or str(source).startswith(".") or os.sep in str(source)):
             raise FileNotFoundError(f"critic {source} does not exist")
-        model = LengthValueModel.from_pretrained(source, dtype=_critic_dtype(args),
-                                                 trust_remote_code=args.trust_remote_code)
+        # A replicated critic must be built whole: outside ZeRO-3's zero.Init, which would partition it at load.
+        replicate = args.critic_zero3 == "replicate" and _zero3_enabled()
+        with _zero3_init_disabled() if replicate else nullcontext():
+            model = LengthValueModel.from_pretrained(source, dtype=_critic_dtype(args),
+                                                     trust_remote_code=args.trust_remote_code)
         if tokenizer is None and (path / "tokenizer_config.json").exists():
             tokenizer = AutoTokenizer.from_pretrained(source)
     else:
@@ -330,6 +356,94 @@ def _load_critic(critic: LengthValueModel | str | None, args: LenVMGRPOConfig,
             "than the training one mis-reads every value)"
         )
     return model, tokenizer
+
+
+def _batch_layout_message(args: LenVMGRPOConfig, error: ValueError) -> str | None:
+    """TRL's batch-layout error with the process count spelled out, or ``None`` for other errors."""
+    text = str(error)
+    if not any(key in text for key in ("num_generations", "global batch size", "generations used for")):
+        return None
+    processes = args.world_size
+    message = (
+        f"{text} The number of processes comes from the launcher ({processes}: the accelerate config's "
+        "num_processes / --num_processes, or torchrun's --nproc_per_node), so the recipe's batch sizes must suit it."
+    )
+    steps = args.steps_per_generation
+    per_process = args.per_device_train_batch_size * (steps or 0)
+    if steps and args.num_generations and args.generation_batch_size == per_process * processes:
+        multiple = args.num_generations // math.gcd(args.num_generations, per_process)
+        message += (
+            f" Global generation batch = per_device_train_batch_size ({args.per_device_train_batch_size}) × "
+            f"processes ({processes}) × steps_per_generation ({steps}) = {args.generation_batch_size}, which must "
+            f"hold whole groups of num_generations ({args.num_generations}) completions: launch a multiple of "
+            f"{multiple} processes, or change per_device_train_batch_size / gradient_accumulation_steps."
+        )
+    return message
+
+
+def _zero3_enabled() -> bool:
+    """Whether the run shards models with DeepSpeed ZeRO-3 (set once the training arguments exist)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
+
+
+@contextmanager
+def _zero3_init_disabled() -> Any:
+    """Load models whole while ZeRO-3 is configured: transformers partitions every model it builds (``zero.Init``)
+    as long as the DeepSpeed config is registered, so unregister it for the duration and restore it after."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    reference = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    config = reference() if reference is not None else None
+    if config is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)
+
+
+def _parameter_count(model: Any) -> int:
+    # A parameter partitioned by ZeRO-3 reports numel() == 0 locally; ds_numel is its full size.
+    return sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+
+
+def _check_critic_for_zero3(critic: LengthValueModel, mode: str) -> None:
+    """Fail before any model is sharded when the critic cannot be placed as ``critic_zero3`` asks.
+
+    ZeRO-3 partitions floating-point parameters only: a critic holding integer parameters (a bitsandbytes/GPTQ
+    quantized backbone, packed weights) cannot be sharded. A replicated critic must be whole, not already
+    partitioned by an earlier ``zero.Init``.
+    """
+    if mode == "shard":
+        odd = sorted({str(p.dtype) for p in critic.parameters() if not p.dtype.is_floating_point})
+        if odd:
+            raise ValueError(
+                f"the critic has parameters of dtype {', '.join(odd)} (a quantized backbone?), which DeepSpeed ZeRO-3 "
+                "cannot partition; load the critic in bfloat16/float32 (critic_dtype) or set critic_zero3: replicate "
+                "to keep a whole copy on every process"
+            )
+    elif any(hasattr(p, "ds_id") for p in critic.parameters()):
+        raise ValueError(
+            "critic_zero3='replicate' needs a whole critic, but the one given is already partitioned by ZeRO-3 "
+            "(it was built while the DeepSpeed ZeRO-3 config was active); pass its path (critic_model_name_or_path "
+            "or critic='path') so it is loaded unpartitioned, or use critic_zero3: shard"
+        )
+
+
+def _check_replicated_critic_size(critic: LengthValueModel, policy: Any) -> None:
+    """A replicated critic costs its full size on every process; larger than the policy ZeRO-3 is sharding, it
+    undoes the memory ZeRO-3 saves (and is the wrong way round for LenVM, whose critic is meant to be smaller)."""
+    critic_size, policy_size = _parameter_count(critic), _parameter_count(policy)
+    if critic_size > policy_size:
+        raise ValueError(
+            f"critic_zero3='replicate' would keep the whole critic ({critic_size:,} parameters) on every process, "
+            f"but it is larger than the policy ZeRO-3 is sharding ({policy_size:,} parameters); use "
+            "critic_zero3: shard (the default) for a critic this size"
+        )
 
 
 def _check_vocabulary(critic: LengthValueModel, critic_tokenizer: Any, policy_tokenizer: Any) -> None:

@@ -110,12 +110,13 @@ class LengthValueOutput(ModelOutput):
     """Per-position critic outputs.
 
     Attributes:
-        values: ``(B, S)`` float32, ``V = -sigmoid(logits)`` ∈ (-1, 0).
+        value: ``(B, S)`` float32, ``V = -sigmoid(logits)`` ∈ (-1, 0). (Named like TRL's value heads; a ``values``
+            field would shadow the mapping method ``ModelOutput.values()``, which DeepSpeed's engine calls.)
         logits: ``(B, S)`` float32 head logits ``z``.
         cache: the backbone's KV cache when ``use_cache=True``.
     """
 
-    values: Tensor | None = None
+    value: Tensor | None = None
     logits: Tensor | None = None
     cache: Any = None
 
@@ -309,7 +310,7 @@ class LengthValueModel(PreTrainedModel):
         use_cache: bool = False,
         **kwargs: Any,
     ) -> LengthValueOutput:
-        """Values at every position. Shapes: ``input_ids``/``attention_mask`` ``(B, S)`` → ``values`` ``(B, S)``.
+        """Values at every position. Shapes: ``input_ids``/``attention_mask`` ``(B, S)`` → ``value`` ``(B, S)``.
 
         With left padding, position ids are derived from the attention mask (``cumsum - 1``) unless given, so a
         padded row gets the same values as the unpadded sequence. Other keyword arguments (a KV cache, ...) go to
@@ -329,7 +330,7 @@ class LengthValueModel(PreTrainedModel):
         )
         logits = self.head(outputs.last_hidden_state)
         return LengthValueOutput(
-            values=-torch.sigmoid(logits),
+            value=-torch.sigmoid(logits),
             logits=logits,
             cache=_output_cache(outputs) if use_cache else None,
         )
@@ -379,7 +380,7 @@ class LengthValueModel(PreTrainedModel):
         chunks = []
         for start in range(0, input_ids.shape[0], step):
             rows = slice(start, start + step)
-            values = self(input_ids=input_ids[rows], attention_mask=attention_mask[rows]).values
+            values = self(input_ids=input_ids[rows], attention_mask=attention_mask[rows]).value
             chunks.append(values[:, prompt_len - 1 :])
         values = torch.cat(chunks, dim=0)
         boundary = completion_mask.new_ones((completion_mask.shape[0], 1))

@@ -61,7 +61,7 @@ def test_one_step_weighs_tokens_not_sequences(tiny_model_dir, tiny_tokenizer, tm
     def expected_update(per_sequence: bool):
         model = copy.deepcopy(initial)
         batch = LenVMDataCollator(pad_token_id=0)(rows.to_list())
-        values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).values
+        values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).value
         if per_sequence:
             loss = sum(length_regression_loss(values[i:i + 1], batch["labels"][i:i + 1], gamma) for i in range(2)) / 2
         else:

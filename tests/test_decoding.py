@@ -78,7 +78,7 @@ class OracleCritic(nn.Module):
     def forward(self, input_ids, **kwargs):
         output = self.inner(input_ids=input_ids, **kwargs)
         values = length_to_value(self.plan[input_ids], self.gamma).float()
-        return LengthValueOutput(values=values, logits=None, cache=output.cache)
+        return LengthValueOutput(value=values, logits=None, cache=output.cache)
 
 
 def _countdown_plan(vocab_size, horizon=12):
@@ -288,7 +288,7 @@ def test_cached_scoring_equals_uncached(critics, arch):
         state_values, cached = scorer.score(new_ids, new_valid, candidates)
         with torch.no_grad():
             uncached = score_candidates_uncached(critic, prefix_ids, prefix_mask, candidates)
-            full = critic(input_ids=prefix_ids, attention_mask=prefix_mask).values
+            full = critic(input_ids=prefix_ids, attention_mask=prefix_mask).value
         torch.testing.assert_close(cached, uncached, atol=2e-5, rtol=1e-4)
         live = prefix_mask[:, -1] == 1  # V(s_t) of a finished row is read at a padding token: meaningless
         torch.testing.assert_close(state_values[live, -1], full[live, -1], atol=2e-5, rtol=1e-4)

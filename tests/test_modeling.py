@@ -45,7 +45,7 @@ def test_backbones_load_and_give_values_in_range(tiny_model_dirs, architecture):
         assert torch.equal(ours, theirs), name
     assert not any("lm_head" in name for name in critic.state_dict())
     ids = torch.randint(7, 100, (2, 6))
-    values = critic(input_ids=ids, attention_mask=torch.ones_like(ids)).values
+    values = critic(input_ids=ids, attention_mask=torch.ones_like(ids)).value
     assert values.shape == (2, 6) and values.dtype == torch.float32
     assert ((values > -1) & (values < 0)).all()
     assert critic.config.decoder_config.model_type == architecture
@@ -85,8 +85,8 @@ def test_bf16_backbone_keeps_a_float32_head(critic, tmp_path):
     assert half.head.fc.weight.dtype == torch.float32
     ids = torch.randint(7, 100, (1, 5))
     with torch.no_grad():
-        values = half(input_ids=ids, attention_mask=torch.ones_like(ids)).values
-        reference = critic(input_ids=ids, attention_mask=torch.ones_like(ids)).values
+        values = half(input_ids=ids, attention_mask=torch.ones_like(ids)).value
+        reference = critic(input_ids=ids, attention_mask=torch.ones_like(ids)).value
     assert values.dtype == torch.float32
     torch.testing.assert_close(values, reference, atol=2e-2, rtol=0)
 
@@ -100,7 +100,7 @@ def test_values_for_completions_layout(critic):
             length = int(completion_mask[row].sum())
             prompt = prompt_ids[row][prompt_mask[row].bool()]
             sequence = torch.cat([prompt, completion_ids[row, :length]])[None]
-            alone = critic(input_ids=sequence, attention_mask=torch.ones_like(sequence)).values[0]
+            alone = critic(input_ids=sequence, attention_mask=torch.ones_like(sequence)).value[0]
             # column 0 is read at the last prompt token, column t at completion token t-1
             torch.testing.assert_close(values[row, : length + 1], alone[len(prompt) - 1 :], atol=1e-5, rtol=0)
             assert (values[row, length + 1 :] == 0).all()
@@ -142,16 +142,16 @@ def test_lora_trains_adapters_and_head_and_merges(critic, tmp_path):
                 parameter.normal_(std=0.5)
     batch = make_batch()
     with torch.no_grad():
-        before = wrapped(input_ids=batch[0], attention_mask=batch[1]).values
+        before = wrapped(input_ids=batch[0], attention_mask=batch[1]).value
         merged = merge_lora(wrapped)
-        after = merged(input_ids=batch[0], attention_mask=batch[1]).values
-        base_values = critic(input_ids=batch[0], attention_mask=batch[1]).values
+        after = merged(input_ids=batch[0], attention_mask=batch[1]).value
+        base_values = critic(input_ids=batch[0], attention_mask=batch[1]).value
     assert isinstance(merged, LengthValueModel)
     torch.testing.assert_close(before, after, atol=1e-5, rtol=0)
     assert (after - base_values).abs().max() > 1e-4  # the adapter changed something
     reloaded = LengthValueModel.from_pretrained(_save(merged, tmp_path / "merged"))
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=batch[0], attention_mask=batch[1]).values, after)
+        torch.testing.assert_close(reloaded(input_ids=batch[0], attention_mask=batch[1]).value, after)
 
 
 def _save(model, path):
@@ -193,7 +193,7 @@ def test_upstream_import_maps_the_head(tiny_model_dir, tmp_path):
         hidden_states = critic.backbone(input_ids=ids).last_hidden_state
         z = torch.nn.functional.silu(hidden_states @ state["v_head.fc.weight"].T + state["v_head.fc.bias"])
         z = (z @ state["v_head.summary.weight"].T + state["v_head.summary.bias"]).squeeze(-1)
-        torch.testing.assert_close(critic(input_ids=ids).values, -torch.sigmoid(z))
+        torch.testing.assert_close(critic(input_ids=ids).value, -torch.sigmoid(z))
 
 
 @pytest.mark.parametrize("key", ["v_head.fc.bias", "v_head.summary.weight"])
