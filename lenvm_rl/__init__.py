@@ -30,10 +30,13 @@ from .modeling import (
     merge_lora,
     unwrap_critic,
 )
+from .signals import LengthCritic, LengthSignals
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LengthCritic",
+    "LengthSignals",
     "LengthValueConfig",
     "LengthValueModel",
     "LengthValueOutput",
