@@ -337,6 +337,10 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
 
     started = time.time()
     device = _device(args.device)
+    try:  # the plots come last; fail now rather than after the whole run
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise ValueError("the demo writes PNG plots and needs matplotlib: pip install 'lenvm_rl[plots]'") from error
     use_cpu = device == "cpu"
     scale = DemoScale.quick() if args.quick else DemoScale()
     out = Path(args.out)
