@@ -18,6 +18,7 @@ from .length_math import (
     masked_var,
     masked_whiten,
     potential_shaping,
+    task_gae,
     value_targets,
     value_to_length,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "completion_lengths",
     "discounted_cumsum",
     "length_advantages",
+    "task_gae",
     "length_returns",
     "length_td_residuals",
     "length_to_value",

@@ -101,7 +101,7 @@ def _load_subcommands() -> None:
     import importlib
 
     for module in ("lenvm_rl.rollout", "lenvm_rl.critic_training", "lenvm_rl.evaluation", "lenvm_rl.grpo",
-                   "lenvm_rl.decoding", "lenvm_rl.demo"):
+                   "lenvm_rl.ppo", "lenvm_rl.decoding", "lenvm_rl.demo"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as error:

@@ -3,7 +3,8 @@
 (a) supervised warm-up of a tiny policy on a 50/50 mixture of verbose and terse traces (TRL ``SFTTrainer``);
 (b) rollouts from it; (c) critic training and evaluation against a constant baseline; (d) GRPO from the same
 starting policy under every method — no length term, linear length penalty, Kimi-style group length reward, hard
-token budget, LenVM advantage with and without the gate, LenVM shaping — each over a grid of its own coefficient
+token budget, LenVM advantage with and without the gate, LenVM shaping, critic PPO with the gated LenVM term — each
+over a grid of its own coefficient
 (same grid size, same steps and samples); (e) evaluation of every final policy on held-out prompts: accuracy and
 mean completion length, by difficulty. Writes ``report.md``, ``metrics.json`` and PNG plots to ``--out``.
 
@@ -80,6 +81,7 @@ METHODS: dict[str, tuple[str, tuple[float, ...]]] = {
     "lenvm_gated": ("LenVM advantage, gated", (0.1, 0.3, 1.0)),
     "lenvm_ungated": ("LenVM advantage, ungated", (0.1, 0.3, 1.0)),
     "lenvm_shaping": ("LenVM shaping", (0.3, 1.0, 3.0)),
+    "lenvm_ppo": ("PPO + LenVM advantage, gated", (0.1, 0.3, 1.0)),
 }
 
 
@@ -176,15 +178,22 @@ def _reward_setup(method: str, coef: float, max_tokens: int) -> tuple[list[Any],
         return [arithmetic_correctness], {**lenvm, "length_mode": "advantage", "length_gate": "none"}
     if method == "lenvm_shaping":
         return [arithmetic_correctness], {**lenvm, "length_mode": "shaping", "shaping_lam": 0.0}
+    if method == "lenvm_ppo":
+        # critic PPO: a task critic (from the policy's backbone) replaces the group-mean baseline
+        return [arithmetic_correctness], {**lenvm, "length_mode": "advantage", "length_gate": "success",
+                                          "task_critic_learning_rate": 1e-3}
     raise ValueError(f"unknown method {method!r}")
 
 
 def _rl_run(method: str, coef: float, policy: Path, critic: Path, dataset: Dataset, out: Path, scale: DemoScale,
             seed: int, use_cpu: bool) -> tuple[Any, Any, list[dict[str, float]]]:
     from .grpo import LenVMGRPOConfig, LenVMGRPOTrainer
+    from .ppo import LenVMPPOConfig, LenVMPPOTrainer
 
     reward_funcs, overrides = _reward_setup(method, coef, scale.max_new_tokens)
-    config = LenVMGRPOConfig(
+    config_class, trainer_class = ((LenVMPPOConfig, LenVMPPOTrainer) if method == "lenvm_ppo"
+                                   else (LenVMGRPOConfig, LenVMGRPOTrainer))
+    config = config_class(
         output_dir=str(out / "rl" / f"{method}-{coef:g}"), max_steps=scale.rl_steps,
         per_device_train_batch_size=scale.rl_prompts_per_step * scale.rl_generations,
         num_generations=scale.rl_generations, max_completion_length=scale.max_new_tokens, temperature=1.0,
@@ -192,7 +201,7 @@ def _rl_run(method: str, coef: float, policy: Path, critic: Path, dataset: Datas
         logging_steps=max(1, scale.rl_steps // 8), save_strategy="no", seed=seed, disable_tqdm=True,
         critic_model_name_or_path=str(critic) if overrides["length_mode"] != "none" else None, **overrides,
     )
-    trainer = LenVMGRPOTrainer(model=str(policy), reward_funcs=reward_funcs, args=config, train_dataset=dataset)
+    trainer = trainer_class(model=str(policy), reward_funcs=reward_funcs, args=config, train_dataset=dataset)
     trainer.train()
     log = [{key: float(value) for key, value in entry.items() if isinstance(value, (int, float))}
            for entry in trainer.state.log_history]

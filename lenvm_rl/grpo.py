@@ -519,14 +519,16 @@ def _builtin_rewards() -> dict[str, Callable[..., Any]]:
     return registry
 
 
-def run_grpo(script_args: GRPOScriptArguments, args: LenVMGRPOConfig, model_args: Any) -> LenVMGRPOTrainer:
-    """Build and run a :class:`LenVMGRPOTrainer` from parsed recipe arguments; saves the policy (adapter with LoRA)."""
+def run_grpo(script_args: GRPOScriptArguments, args: LenVMGRPOConfig, model_args: Any,
+             trainer_class: type[LenVMGRPOTrainer] | None = None) -> LenVMGRPOTrainer:
+    """Build and run a :class:`LenVMGRPOTrainer` (or ``trainer_class``, e.g. the PPO subclass) from parsed recipe
+    arguments; saves the policy (adapter with LoRA)."""
     from trl import get_peft_config
 
     from .data import load_prompt_dataset
 
     if not model_args.model_name_or_path:
-        raise ValueError("grpo needs --model_name_or_path (the policy)")
+        raise ValueError("this job needs --model_name_or_path (the policy)")
     reward_funcs = resolve_reward_functions(script_args.reward_funcs)
     dataset = load_prompt_dataset(script_args.dataset_name, script_args.dataset_train_split,
                                   script_args.prompt_column, script_args.dataset_config)
@@ -535,7 +537,8 @@ def run_grpo(script_args: GRPOScriptArguments, args: LenVMGRPOConfig, model_args
     args.model_init_kwargs = {**(args.model_init_kwargs or {}), "dtype": model_args.dtype,
                               "revision": model_args.model_revision,
                               "attn_implementation": model_args.attn_implementation}
-    trainer = LenVMGRPOTrainer(model=model_args.model_name_or_path, reward_funcs=reward_funcs, args=args,
+    trainer_class = trainer_class or LenVMGRPOTrainer
+    trainer = trainer_class(model=model_args.model_name_or_path, reward_funcs=reward_funcs, args=args,
                                train_dataset=dataset, peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)

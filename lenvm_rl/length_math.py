@@ -33,6 +33,7 @@ __all__ = [
     "discounted_cumsum",
     "length_td_residuals",
     "length_advantages",
+    "task_gae",
     "potential_shaping",
     "masked_mean",
     "masked_var",
@@ -273,6 +274,45 @@ def length_advantages(
     mask = completion_mask.to(values.dtype)
     returns = (advantages + values[:, :-1]) * mask
     return advantages, returns
+
+
+def task_gae(
+    values: Tensor,
+    rewards: Tensor,
+    completion_mask: Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    terminated: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """GAE of a task critic: ``δ_t = r_t + γ V(s_{t+1}) - V(s_t)``, ``A_t = Σ_k (γλ)^k δ_{t+k}``, returns ``A + V``.
+
+    The task-side twin of :func:`length_advantages` (same value layout, same terminal/bootstrap rule), for an
+    arbitrary per-token reward and for ``γ = 1`` (the usual choice for LLM task rewards, which a LenVM γ may not be).
+
+    Args:
+        values: ``(B, T+1)`` task-critic values; column ``L_b`` is treated as 0 on terminated rows and used as the
+            bootstrap value on truncated ones.
+        rewards: ``(B, T)`` per-token rewards (e.g. the sequence reward at column ``L_b - 1``, 0 elsewhere).
+        completion_mask: ``(B, T)`` 0/1 prefix mask.
+        gamma: discount in (0, 1].
+        lam: GAE λ in [0, 1].
+        terminated: ``(B,)`` bool; ``None`` means all rows terminated.
+
+    Returns:
+        ``(advantages, returns)``, both ``(B, T)`` and exactly 0 where the mask is 0.
+    """
+    gamma = float(gamma)
+    if not 0.0 < gamma <= 1.0 or math.isnan(gamma):
+        raise ValueError(f"gamma must lie in (0, 1], got {gamma!r}")
+    if not 0.0 <= float(lam) <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1], got {lam!r}")
+    current, following, mask = _next_values(values, completion_mask, terminated)
+    if rewards.shape != completion_mask.shape:
+        raise ValueError(f"rewards {tuple(rewards.shape)} must have the completion_mask's shape "
+                         f"{tuple(completion_mask.shape)}")
+    deltas = (rewards.to(values.dtype) + gamma * following - current) * mask
+    advantages = discounted_cumsum(deltas, completion_mask, gamma * float(lam))
+    return advantages, (advantages + current) * mask
 
 
 def potential_shaping(

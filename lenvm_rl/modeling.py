@@ -342,6 +342,7 @@ class LengthValueModel(PreTrainedModel):
         completion_ids: Tensor,
         completion_mask: Tensor,
         micro_batch_size: int | None = None,
+        read: str = "value",
     ) -> Tensor:
         """The ``(B, T+1)`` values of DESIGN.md §2 for TRL-style batches.
 
@@ -349,6 +350,8 @@ class LengthValueModel(PreTrainedModel):
             prompt_ids, prompt_mask: ``(B, P)``, left-padded (the last column is each prompt's last token).
             completion_ids, completion_mask: ``(B, T)``, right-padded; the mask is a 0/1 prefix of length ``L_b``.
             micro_batch_size: rows per forward pass (``None``: all at once), to bound memory.
+            read: ``"value"`` (``-sigmoid(z)``, the LenVM value) or ``"logits"`` (the unbounded head output ``z``,
+                which the PPO task critic reads as its value).
 
         Returns:
             ``(B, T+1)`` float32: column 0 is ``V(s_0)`` read at the last prompt token, column ``t`` is read at
@@ -374,13 +377,15 @@ class LengthValueModel(PreTrainedModel):
         prompt_len = prompt_ids.shape[1]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).to(torch.long)
+        if read not in ("value", "logits"):
+            raise ValueError(f"read must be 'value' or 'logits', got {read!r}")
         step = micro_batch_size or input_ids.shape[0]
         if step < 1:
             raise ValueError(f"micro_batch_size must be ≥ 1, got {micro_batch_size}")
         chunks = []
         for start in range(0, input_ids.shape[0], step):
             rows = slice(start, start + step)
-            values = self(input_ids=input_ids[rows], attention_mask=attention_mask[rows]).value
+            values = getattr(self(input_ids=input_ids[rows], attention_mask=attention_mask[rows]), read)
             chunks.append(values[:, prompt_len - 1 :])
         values = torch.cat(chunks, dim=0)
         boundary = completion_mask.new_ones((completion_mask.shape[0], 1))

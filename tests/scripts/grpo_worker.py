@@ -66,7 +66,10 @@ def main() -> None:
         summary["critic_partitioned"] = any(hasattr(p, "ds_id") for p in critic.parameters())
     with open(os.path.join(workdir, f"rank{rank}.json"), "w") as handle:
         json.dump(summary, handle)
-    torch.distributed.destroy_process_group() if torch.distributed.is_initialized() else None
+    if torch.distributed.is_initialized():
+        # Both ranks must be done with every collective before the group goes away, or gloo may abort at teardown.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
