@@ -70,3 +70,21 @@ def make_synthetic_rollouts(output_dir, tokenizer, num_prompts=40, samples=4, se
 @pytest.fixture()
 def synthetic_rollouts():
     return make_synthetic_rollouts
+
+
+@pytest.fixture()
+def make_constant_critic(tiny_model_dir):
+    """A factory of hand-built critics whose every value is `value` (γ = 0.9): zero head weights, and the head bias
+    set to the logit of -value, so V = -sigmoid(z) = value at every position."""
+    import math
+
+    from lenvm_rl import LengthValueModel
+
+    def build(value):
+        critic = LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9)
+        with torch.no_grad():
+            critic.head.summary.weight.zero_()
+            critic.head.summary.bias.fill_(math.log(-value / (1 + value)))
+        return critic
+
+    return build

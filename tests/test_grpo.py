@@ -2,7 +2,6 @@
 length coefficient shortens completions, and bad configurations fail before any generation."""
 
 import copy
-import math
 
 import pytest
 import torch
@@ -41,14 +40,6 @@ def critic_dir(tiny_model_dir, tmp_path_factory):
     return path
 
 
-def constant_critic(tiny_model_dir, value):
-    """A hand-built critic whose every value is `value`: zero head weights, bias = logit(-value)."""
-    critic = LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9)
-    with torch.no_grad():
-        critic.head.summary.weight.zero_()
-        critic.head.summary.bias.fill_(math.log(-value / (1 + value)))
-    return critic
-
 
 def test_none_mode_reproduces_grpo_bit_for_bit(tiny_model_dir, prompts, tmp_path):
     runs = []
@@ -66,12 +57,12 @@ def test_none_mode_reproduces_grpo_bit_for_bit(tiny_model_dir, prompts, tmp_path
         assert torch.equal(params_a[name], params_b[name]), name
 
 
-def test_token_advantages_match_the_math_module(tiny_model_dir, prompts, tmp_path):
+def test_token_advantages_match_the_math_module(make_constant_critic, tiny_model_dir, prompts, tmp_path):
     value = -0.4
     args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_mode="advantage", length_coef=2.0,
                            length_lam=0.8, length_gate="none", **COMMON)
     trainer = LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=constant_reward, args=args,
-                               train_dataset=prompts, critic=constant_critic(tiny_model_dir, value),
+                               train_dataset=prompts, critic=make_constant_critic(value),
                                critic_processing_class=build_tiny_tokenizer())
     rows = [{"prompt": prompts[i]["prompt"]} for i in range(2) for _ in range(4)]
     output = trainer._generate_and_score_completions(rows)
@@ -105,11 +96,12 @@ def test_shaping_mode_uses_accumulated_potential_differences(tiny_model_dir, pro
     torch.testing.assert_close(output["advantages"], 0.5 * expected, atol=1e-5, rtol=1e-5)
 
 
-def test_gate_pays_length_credit_only_to_successful_completions(tiny_model_dir, prompts, tmp_path):
+def test_gate_pays_length_credit_only_to_successful_completions(make_constant_critic, tiny_model_dir, prompts,
+                                                                tmp_path):
     args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_mode="advantage", length_coef=1.0,
                            length_gate="success", length_gate_threshold=1.0, **COMMON)
     trainer = LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=parity_reward, args=args,
-                               train_dataset=prompts, critic=constant_critic(tiny_model_dir, -0.5),
+                               train_dataset=prompts, critic=make_constant_critic(-0.5),
                                critic_processing_class=build_tiny_tokenizer())
     rows = [{"prompt": prompts[i]["prompt"]} for i in range(2) for _ in range(4)]
     output = trainer._generate_and_score_completions(rows)

@@ -2,7 +2,6 @@
 critic and the policy learn, the length term shortens completions, save → resume restores the critic, and bad
 input fails before any generation."""
 
-import math
 import shutil
 
 import pytest
@@ -42,14 +41,6 @@ def prompts():
 def logged(trainer, key):
     return [entry[key] for entry in trainer.state.log_history if key in entry]
 
-
-def constant_critic(tiny_model_dir, value):
-    """A LenVM critic whose every value is `value`: zero head weights, bias = logit(-value)."""
-    critic = LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9)
-    with torch.no_grad():
-        critic.head.summary.weight.zero_()
-        critic.head.summary.bias.fill_(math.log(-value / (1 + value)))
-    return critic
 
 
 # ---------------------------------------------------------------------- the math
@@ -93,12 +84,12 @@ def test_task_gae_generalizes_the_length_advantage():
 # ---------------------------------------------------------------------- the seam
 
 
-def test_advantages_are_task_gae_plus_the_length_term(tiny_model_dir, prompts, tmp_path):
+def test_advantages_are_task_gae_plus_the_length_term(make_constant_critic, tiny_model_dir, prompts, tmp_path):
     args = LenVMPPOConfig(output_dir=str(tmp_path), max_steps=1, gamma_task=0.95, lam_task=0.8,
                           whiten_task_advantages=False, **{**COMMON, "length_mode": "advantage"},
                           length_coef=2.0, length_lam=0.9, length_gate="none")
     trainer = LenVMPPOTrainer(model=str(tiny_model_dir), reward_funcs=digit_fraction_reward, args=args,
-                              train_dataset=prompts, critic=constant_critic(tiny_model_dir, -0.4),
+                              train_dataset=prompts, critic=make_constant_critic(-0.4),
                               critic_processing_class=build_tiny_tokenizer())
     before = {k: v.clone() for k, v in trainer.task_critic.state_dict().items()}
     trainer.model.train()  # the training path: the critic is fit on the batch after its values are read

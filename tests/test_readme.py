@@ -24,4 +24,7 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch):
     critic = LengthValueModel.from_backbone(policy, gamma=0.95)
     critic.save_pretrained(tmp_path / "runs" / "tiny-critic")
     AutoTokenizer.from_pretrained(policy).save_pretrained(tmp_path / "runs" / "tiny-critic")
-    exec(compile(SNIPPETS[index], f"README.md snippet {index}", "exec"), {})
+    namespace: dict = {}
+    exec(compile(SNIPPETS[index], f"README.md snippet {index}", "exec"), namespace)
+    # an exception fails the test; beyond that, every snippet must leave the objects it promises the reader
+    assert any(not name.startswith("__") for name in namespace), "the snippet defined nothing"
