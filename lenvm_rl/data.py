@@ -16,6 +16,7 @@ __all__ = [
     "tokenizer_fingerprint",
     "check_same_tokenizer",
     "pad_prompt_completion_batch",
+    "resolve_device",
 ]
 
 _FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -79,6 +80,22 @@ def render_prompt(
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), True
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise ``cpu``, ``cuda`` or ``cuda:N``, refused early (with a
+    ``ValueError`` naming the value) when unknown or when CUDA is asked for on a machine without it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda (or cuda:N), got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but no CUDA device is available")
+    return device
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A short hash of a tokenizer's vocabulary and EOS/pad ids: equal fingerprints mean token ids agree."""
     payload = {
@@ -93,8 +110,8 @@ def check_same_tokenizer(expected: str, tokenizer: Any, what: str) -> None:
     actual = tokenizer_fingerprint(tokenizer)
     if actual != expected:
         raise ValueError(
-            f"{what}: tokenizers differ (fingerprint {actual} vs {expected}); the policy and the critic must share "
-            "a tokenizer, or token ids and lengths mean different things"
+            f"{what}: tokenizers differ (fingerprint {actual} vs {expected}): the critic's tokenizer differs from the "
+            "policy's, and the critic reads the policy's token ids, so both must share one tokenizer"
         )
 
 

@@ -52,6 +52,7 @@ from torch import Tensor
 from transformers import LogitsProcessor
 
 from .cli import register
+from .data import resolve_device
 from .length_math import check_gamma, length_to_value, value_to_length
 from .length_score import CONSTRAINT_TYPES, check_constraint, summarize_length_control
 
@@ -289,7 +290,7 @@ class CachedCandidateScorer:
             use_cache=True,
             **kwargs,
         )
-        cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+        cache = output.cache
         if cache is None:
             raise ValueError(f"critic {type(self.critic).__name__} returned no KV cache with use_cache=True")
         # Drop the candidates: the cache must hold exactly the prefix for the next step.
@@ -815,11 +816,6 @@ def parse_constraints(spec: str) -> list[tuple[str, int]]:
     return constraints
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
 
 def _load_tokenizer(name: str | None, fallbacks: Sequence[str | None]) -> Any:
     from transformers import AutoTokenizer
@@ -907,7 +903,7 @@ def _predict_length_cli(args: PredictLengthArguments) -> None:
     from .modeling import LengthValueModel
 
     critic = LengthValueModel.from_pretrained(args.critic, dtype=getattr(torch, args.dtype))
-    critic.to(_resolve_device(args.device)).eval()
+    critic.to(resolve_device(args.device)).eval()
     gamma = critic.gamma
     tokenizer = _load_tokenizer(args.tokenizer, [args.critic, critic.config.decoder_name_or_path])
     table = _load_table(args.dataset, args.split)
@@ -992,7 +988,7 @@ def _eval_length_control_cli(args: EvalLengthControlArguments) -> None:
     constraints = parse_constraints(args.constraints)
     if args.num_prompts < 1 or args.samples_per_prompt < 1:
         raise ValueError("num_prompts and samples_per_prompt must be ≥ 1")
-    device, dtype = _resolve_device(args.device), getattr(torch, args.dtype)
+    device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
     tokenizer = _load_tokenizer(args.tokenizer, [args.policy])
     policy = AutoModelForCausalLM.from_pretrained(args.policy, dtype=dtype).to(device).eval()
     critic = LengthValueModel.from_pretrained(args.critic, dtype=dtype).to(device).eval()

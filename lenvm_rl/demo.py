@@ -26,6 +26,7 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from .data import resolve_device
 from .io import write_text_atomically
 from .tasks import Problem, arithmetic_correctness, format_prompt, format_trace, make_problems, parse_answer
 
@@ -84,15 +85,6 @@ METHODS: dict[str, tuple[str, tuple[float, ...]]] = {
     "lenvm_ppo": ("PPO + LenVM advantage, gated", (0.1, 0.3, 1.0)),
 }
 
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
-    return name
 
 
 def _conversation(problem: Problem) -> list[dict[str, str]]:
@@ -345,7 +337,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     from .tiny import save_tiny_causal_lm
 
     started = time.time()
-    device = _device(args.device)
+    device = resolve_device(args.device).type
     try:  # the plots come last; fail now rather than after the whole run
         import matplotlib  # noqa: F401
     except ImportError as error:

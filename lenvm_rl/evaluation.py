@@ -20,7 +20,7 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from .data import pad_prompt_completion_batch
+from .data import pad_prompt_completion_batch, resolve_device
 from .io import write_text_atomically
 from .length_math import check_gamma, length_to_value, value_to_length
 from .modeling import unwrap_critic
@@ -238,8 +238,7 @@ def evaluate_critic(args: EvalCriticArguments) -> dict[str, float]:
         raise FileNotFoundError(f"critic directory {critic_path} does not exist")
     tokenizer = check_tokenizer(AutoTokenizer.from_pretrained(args.critic))
     check_same_tokenizer(info["tokenizer_fingerprint"], tokenizer, f"rollouts {args.rollouts} vs critic {args.critic}")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     critic = LengthValueModel.from_pretrained(args.critic, dtype=getattr(torch, args.dtype)).to(device).eval()
     gamma = critic.gamma
     evaluated = prepare_critic_dataset(splits[args.split], "drop", name=args.split)

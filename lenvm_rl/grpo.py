@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from trl import GRPOConfig, GRPOTrainer
 
-from .data import tokenizer_fingerprint
+from .data import check_same_tokenizer, tokenizer_fingerprint
 from .length_math import check_gamma, value_targets
 from .modeling import LengthValueModel, unwrap_critic
 from .signals import LengthCritic
@@ -449,11 +449,7 @@ def _check_replicated_critic_size(critic: LengthValueModel, policy: Any) -> None
 def _check_vocabulary(critic: LengthValueModel, critic_tokenizer: Any, policy_tokenizer: Any) -> None:
     policy_tokenizer = getattr(policy_tokenizer, "tokenizer", policy_tokenizer)  # processors wrap a tokenizer
     if critic_tokenizer is not None:
-        if tokenizer_fingerprint(critic_tokenizer) != tokenizer_fingerprint(policy_tokenizer):
-            raise ValueError(
-                "the critic's tokenizer differs from the policy's (vocabularies or EOS differ); the critic reads the "
-                "policy's token ids, so both must share one tokenizer"
-            )
+        check_same_tokenizer(tokenizer_fingerprint(policy_tokenizer), critic_tokenizer, "critic vs policy")
         return
     vocab_size = critic.get_input_embeddings().num_embeddings
     if len(policy_tokenizer) > vocab_size:

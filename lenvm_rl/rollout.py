@@ -29,7 +29,7 @@ import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
-from .data import load_prompt_dataset, render_prompt, tokenizer_fingerprint
+from .data import load_prompt_dataset, render_prompt, resolve_device, tokenizer_fingerprint
 from .io import directory_replaced_atomically, write_text_atomically
 from .modeling import check_tokenizer
 
@@ -106,11 +106,6 @@ class RolloutConfig:
 def _resolve_dtype(name: str) -> torch.dtype | str:
     return "auto" if name == "auto" else getattr(torch, name)
 
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _eos_ids(tokenizer: Any, generation_config: Any | None) -> set[int]:
@@ -288,7 +283,7 @@ def generate_rollouts(config: RolloutConfig) -> DatasetDict:
         else:
             engine = AutoModelForCausalLM.from_pretrained(
                 config.policy, dtype=_resolve_dtype(config.dtype), trust_remote_code=config.trust_remote_code
-            ).to(_resolve_device(config.device)).eval()
+            ).to(resolve_device(config.device)).eval()
             eos_ids = _eos_ids(tokenizer, engine.generation_config)
 
         progress = tqdm(total=len(prompt_ids) * config.num_samples, desc="rollouts", unit="completion",

@@ -131,3 +131,17 @@ def test_cli_rollout(tiny_model_dir, prompt_file, tmp_path, capsys):
     assert main(["rollout", "--policy", str(tiny_model_dir), "--dataset", str(prompt_file),
                  "--output_dir", str(tmp_path / "bad")]) == 2
     assert "prompt column 'prompt' not found" in capsys.readouterr().err
+
+
+def test_device_names_are_checked_early():
+    import torch
+
+    from lenvm_rl.data import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda:0")
