@@ -91,6 +91,14 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 
+def end_job(trainer: Any) -> None:
+    """End a training job the way TRL's scripts do: wait for every process, then finish the trackers and destroy the
+    process group (``Trainer.end``). Leaving the group to interpreter shutdown lets one rank tear down while another
+    is still in a collective, which intermittently aborts two-process runs after they have saved."""
+    trainer.accelerator.wait_for_everyone()
+    trainer.end()
+
+
 def register(name: str, help: str, dataclasses: tuple[type, ...], run: Callable[..., Any]) -> None:
     """Add a subcommand (used by the modules that implement later jobs)."""
     SUBCOMMANDS[name] = Subcommand(help, dataclasses, run)

@@ -380,8 +380,11 @@ def _save_zero3_critic(trainer: LenVMTrainer, tokenizer: Any, output_dir: str, m
 
 def _run(script_args: CriticScriptArguments, config: LenVMConfig, model_args: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train_critic(script_args, config, model_args)
-    print(f"critic saved to {config.output_dir}")
+    from .cli import end_job
+
+    trainer = train_critic(script_args, config, model_args)
+    trainer.accelerator.print(f"critic saved to {config.output_dir}")
+    end_job(trainer)
 
 
 def _register() -> None:

@@ -542,8 +542,11 @@ def run_grpo(script_args: GRPOScriptArguments, args: LenVMGRPOConfig, model_args
 
 
 def _run(script_args: GRPOScriptArguments, args: LenVMGRPOConfig, model_args: Any) -> None:
+    from .cli import end_job
+
     trainer = run_grpo(script_args, args, model_args)
     trainer.accelerator.print(f"policy saved to {args.output_dir}")
+    end_job(trainer)
 
 
 def _register() -> None:

@@ -343,8 +343,11 @@ def _check_task_critic(critic: LengthValueModel, critic_tokenizer: Any, policy: 
 
 
 def _run(script_args: GRPOScriptArguments, args: LenVMPPOConfig, model_args: Any) -> None:
+    from .cli import end_job
+
     trainer = run_grpo(script_args, args, model_args, trainer_class=LenVMPPOTrainer)
     trainer.accelerator.print(f"policy saved to {args.output_dir}, task critic to {args.output_dir}/{TASK_CRITIC_DIR}")
+    end_job(trainer)
 
 
 def _register() -> None:

@@ -131,6 +131,9 @@ def grpo_worker(workdir: Path) -> dict:
     trainers = []
     run_grpo = grpo.run_grpo
     grpo.run_grpo = lambda *a: trainers.append(run_grpo(*a)) or trainers[-1]
+    # The CLI ends the job (destroys the process group) when it is done; this worker keeps inspecting the trainer
+    # afterwards and ends the group itself at exit.
+    cli.end_job = lambda trainer: None
     output_dir = workdir / "zero3-full"
     code = cli.main(["grpo", "--config", str(ZERO3_RECIPE), *tiny_grpo_override(workdir, "wide-critic"),
                      "--output_dir", str(output_dir)])
@@ -191,6 +194,7 @@ def critic_worker(workdir: Path, lora: bool) -> dict:
         return save_zero3_critic(trainer, *args, **kwargs)
 
     critic_training.train_critic, critic_training._save_zero3_critic = keep_trainer, save_after_recording
+    cli.end_job = lambda trainer: None  # the worker inspects the trainer after the CLI returns (see above)
     lora_flags = ["--use_peft", "true", "--lora_target_modules", "q_proj", "v_proj"] if lora else []
     result["exit_code"] = cli.main([
         "train-critic", "--config", str(CRITIC_RECIPE), "--model_name_or_path", str(workdir / "wide-backbone"),
@@ -216,6 +220,8 @@ def _worker_main(argv: list[str]) -> None:
     result = grpo_worker(workdir) if mode == "grpo" else critic_worker(workdir, lora=mode == "critic-lora")
     (workdir / f"{mode}.json").write_text(json.dumps(result))
     if torch.distributed.is_initialized():
+        # Both ranks must be done with every collective before the group goes away, or gloo may abort at teardown.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
