@@ -19,8 +19,11 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from lenvm_rl import LengthValueModel  # noqa: E402
-from lenvm_rl.grpo import LenVMGRPOConfig, LenVMGRPOTrainer  # noqa: E402
+from lenvm_rl import (  # noqa: E402
+    LengthValueModel,  # noqa: E402
+    LenVMGRPOConfig,
+    LenVMGRPOTrainer,
+)
 from lenvm_rl.tiny import save_tiny_causal_lm  # noqa: E402
 
 

@@ -1,64 +1,159 @@
 """lenvm_rl: Length Value Model (LenVM) critics for RL fine-tuning of language models.
 
-Public API: the pure length math (``length_to_value`` … ``potential_shaping``) and the critic model
-(``LengthValueModel``, ``LengthValueConfig``). See the README for a tour.
+Every public name is importable from here, the way TRL users write ``from trl import GRPOTrainer``::
+
+    from lenvm_rl import LengthValueModel, LenVMGRPOConfig, LenVMGRPOTrainer, length_advantages
+
+Names load lazily (PEP 562), so ``import lenvm_rl`` imports neither torch, transformers, TRL nor DeepSpeed until a
+name that needs them is used. Where each name lives:
+
+* pure math (tensors in, tensors out): :mod:`lenvm_rl.length_math`
+* the critic and its use on TRL-layout batches: :mod:`lenvm_rl.modeling`, :mod:`lenvm_rl.signals`
+* data: :mod:`lenvm_rl.data`, :mod:`lenvm_rl.rollout`, :mod:`lenvm_rl.tasks`, :mod:`lenvm_rl.rewards`,
+  :mod:`lenvm_rl.evaluation`, :mod:`lenvm_rl.tiny`
+* trainers: :mod:`lenvm_rl.trainer` (``critic``, ``grpo``, ``ppo``)
+* inference: :mod:`lenvm_rl.decoding` (``guided``, ``scoring``, ``prediction``, ``length_score``)
+* the length-method study: :mod:`lenvm_rl.study`
+* jobs behind the ``lenvm-rl`` command: :mod:`lenvm_rl.scripts` (not re-exported here)
 """
 
-from .length_math import (
-    check_completion_mask,
-    check_gamma,
-    choose_gamma,
-    completion_lengths,
-    discounted_cumsum,
-    length_advantages,
-    length_returns,
-    length_td_residuals,
-    length_to_value,
-    masked_mean,
-    masked_var,
-    masked_whiten,
-    potential_shaping,
-    task_gae,
-    value_targets,
-    value_to_length,
-)
-from .modeling import (
-    LengthValueConfig,
-    LengthValueModel,
-    LengthValueOutput,
-    add_lora,
-    check_tokenizer,
-    merge_lora,
-    unwrap_critic,
-)
-from .signals import LengthCritic, LengthSignals
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "LengthCritic",
-    "LengthSignals",
-    "LengthValueConfig",
-    "LengthValueModel",
-    "LengthValueOutput",
-    "add_lora",
-    "check_completion_mask",
-    "check_gamma",
-    "check_tokenizer",
-    "choose_gamma",
-    "completion_lengths",
-    "discounted_cumsum",
-    "length_advantages",
-    "task_gae",
-    "length_returns",
-    "length_td_residuals",
-    "length_to_value",
-    "masked_mean",
-    "masked_var",
-    "masked_whiten",
-    "merge_lora",
-    "potential_shaping",
-    "unwrap_critic",
-    "value_targets",
-    "value_to_length",
-]
+__version__ = "0.2.0"
+
+# public name → submodule that defines it
+_EXPORTS: dict[str, str] = {}
+
+
+def _export(module: str, *names: str) -> None:
+    for name in names:
+        _EXPORTS[name] = module
+
+
+_export(
+    "length_math",
+    "check_completion_mask", "check_gamma", "choose_gamma", "completion_lengths", "discounted_cumsum",
+    "length_advantages", "length_returns", "length_td_residuals", "length_to_value", "masked_mean", "masked_var",
+    "masked_whiten", "potential_shaping", "task_gae", "value_targets", "value_to_length",
+)
+_export(
+    "modeling",
+    "LengthValueConfig", "LengthValueModel", "LengthValueOutput", "add_lora", "check_decoder_config", "check_tokenizer",
+    "merge_lora", "unwrap_critic",
+)
+_export("signals", "LengthCritic", "LengthSignals", "terminated_mask")
+_export("data", "load_prompt_dataset", "render_prompt", "pad_prompt_completion_batch", "tokenizer_fingerprint")
+_export("rollout", "RolloutConfig", "generate_rollouts", "load_rollouts", "sample_completions", "save_rollouts")
+_export(
+    "rewards",
+    "KimiLengthReward", "LinearLengthPenalty", "TargetLengthReward", "TokenBudgetReward", "resolve_reward_function",
+    "resolve_reward_functions",
+)
+_export(
+    "evaluation",
+    "CriticEvaluation", "critic_metrics", "plot_calibration", "plot_error_by_position", "save_figure",
+    "value_space_length",
+)
+_export(
+    "trainer.critic",
+    "LenVMConfig", "LenVMDataCollator", "LenVMTrainer", "length_regression_loss", "prepare_critic_dataset",
+    "resolve_gamma",
+)
+_export("trainer.grpo", "LenVMGRPOConfig", "LenVMGRPOTrainer")
+_export("trainer.ppo", "LenVMPPOConfig", "LenVMPPOTrainer")
+_export("decoding.guided", "LengthGuidedLogitsProcessor", "LengthTarget", "generated_lengths", "guided_generate")
+_export(
+    "decoding.scoring",
+    "CachedCandidateScorer", "UncachedCandidateScorer", "check_vocabulary", "score_candidates_uncached",
+)
+_export("decoding.prediction", "predict_length", "tokenize_prompts")
+_export("decoding.length_score", "length_deviation", "length_score", "summarize_length_control")
+_export("tiny", "build_tiny_tokenizer", "save_tiny_causal_lm", "tiny_decoder_config")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lenvm_rl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the real names
+    from .data import load_prompt_dataset, pad_prompt_completion_batch, render_prompt, tokenizer_fingerprint
+    from .decoding.guided import LengthGuidedLogitsProcessor, LengthTarget, generated_lengths, guided_generate
+    from .decoding.length_score import length_deviation, length_score, summarize_length_control
+    from .decoding.prediction import predict_length, tokenize_prompts
+    from .decoding.scoring import (
+        CachedCandidateScorer,
+        UncachedCandidateScorer,
+        check_vocabulary,
+        score_candidates_uncached,
+    )
+    from .evaluation import (
+        CriticEvaluation,
+        critic_metrics,
+        plot_calibration,
+        plot_error_by_position,
+        save_figure,
+        value_space_length,
+    )
+    from .length_math import (
+        check_completion_mask,
+        check_gamma,
+        choose_gamma,
+        completion_lengths,
+        discounted_cumsum,
+        length_advantages,
+        length_returns,
+        length_td_residuals,
+        length_to_value,
+        masked_mean,
+        masked_var,
+        masked_whiten,
+        potential_shaping,
+        task_gae,
+        value_targets,
+        value_to_length,
+    )
+    from .modeling import (
+        LengthValueConfig,
+        LengthValueModel,
+        LengthValueOutput,
+        add_lora,
+        check_decoder_config,
+        check_tokenizer,
+        merge_lora,
+        unwrap_critic,
+    )
+    from .rewards import (
+        KimiLengthReward,
+        LinearLengthPenalty,
+        TargetLengthReward,
+        TokenBudgetReward,
+        resolve_reward_function,
+        resolve_reward_functions,
+    )
+    from .rollout import RolloutConfig, generate_rollouts, load_rollouts, sample_completions, save_rollouts
+    from .signals import LengthCritic, LengthSignals, terminated_mask
+    from .tiny import build_tiny_tokenizer, save_tiny_causal_lm, tiny_decoder_config
+    from .trainer.critic import (
+        LenVMConfig,
+        LenVMDataCollator,
+        LenVMTrainer,
+        length_regression_loss,
+        prepare_critic_dataset,
+        resolve_gamma,
+    )
+    from .trainer.grpo import LenVMGRPOConfig, LenVMGRPOTrainer
+    from .trainer.ppo import LenVMPPOConfig, LenVMPPOTrainer

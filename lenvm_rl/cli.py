@@ -1,127 +1,44 @@
-"""The ``lenvm-rl`` console entry point: one subcommand per job, each parsed from YAML + CLI the way TRL scripts are.
+"""The ``lenvm-rl`` console entry point: dispatch only.
 
     lenvm-rl <subcommand> [--config recipe.yaml] [--field value ...]
 
-Every subcommand's options are dataclass fields (``field(metadata={"help": ...})``); a recipe YAML sets their
-defaults and command-line flags override it. A YAML key that no dataclass has is an error, not ignored.
+Each subcommand is a module of :mod:`lenvm_rl.scripts` holding its argument dataclasses (``DATACLASSES``) and
+``main``; it is imported only when that subcommand runs, so ``lenvm-rl --help`` imports neither TRL nor torch. A
+recipe YAML sets the dataclasses' defaults and command-line flags override it (TRL's ``TrlParser``); a YAML key that no
+dataclass has is an error, not ignored. Bad input (``ValueError``, ``KeyError``, ``FileNotFoundError``) exits with 2
+and one line naming the problem; ``LENVM_RL_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 __all__ = ["main", "SUBCOMMANDS"]
 
-
-@dataclass
-class MakeTinyModelArguments:
-    """Write the built-in tiny causal LM and its tokenizer to a directory (no network needed)."""
-
-    output_dir: str = field(metadata={"help": "Directory to write the model and tokenizer to."})
-    architecture: str = field(default="llama", metadata={"help": "Backbone architecture: llama, qwen2 or gpt2."})
-    hidden_size: int = field(default=64, metadata={"help": "Hidden size of the tiny model."})
-    num_layers: int = field(default=2, metadata={"help": "Number of decoder layers."})
-    seed: int = field(default=0, metadata={"help": "Seed of the random initialization."})
-
-
-@dataclass
-class InitCriticArguments:
-    """Build a LenVM critic (new value head) on a decoder backbone, or import an upstream LenVM checkpoint."""
-
-    backbone: str = field(
-        metadata={"help": "Hub name or local directory of the decoder backbone (a causal LM is fine)."}
-    )
-    output_dir: str = field(metadata={"help": "Directory to save the critic to (safetensors + config.json)."})
-    gamma: float | None = field(
-        default=None, metadata={"help": "Discount γ in (0, 1); leave unset to choose it at training time."}
-    )
-    upstream: bool = field(
-        default=False,
-        metadata={
-            "help": "Treat `backbone` as an upstream LenVM checkpoint with value_head.safetensors (needs gamma)."
-        },
-    )
-    dtype: str = field(default="float32", metadata={"help": "Backbone dtype: float32, bfloat16 or float16."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modeling code from the hub."})
-
-
-def _make_tiny_model(args: MakeTinyModelArguments) -> None:
-    from .tiny import save_tiny_causal_lm
-
-    path = save_tiny_causal_lm(
-        args.output_dir, args.architecture, seed=args.seed, hidden_size=args.hidden_size, num_layers=args.num_layers
-    )
-    print(f"tiny {args.architecture} causal LM and tokenizer written to {path}")
-
-
-def _init_critic(args: InitCriticArguments) -> None:
-    import torch
-
-    from .modeling import LengthValueModel
-
-    dtype = getattr(torch, args.dtype)
-    if args.upstream:
-        if args.gamma is None:
-            raise ValueError("--upstream needs --gamma: upstream LenVM checkpoints do not store γ")
-        critic = LengthValueModel.from_upstream(
-            args.backbone, gamma=args.gamma, dtype=dtype, trust_remote_code=args.trust_remote_code
-        )
-    else:
-        critic = LengthValueModel.from_backbone(
-            args.backbone, gamma=args.gamma, dtype=dtype, trust_remote_code=args.trust_remote_code
-        )
-    critic.save_pretrained(args.output_dir)
-    print(f"critic saved to {args.output_dir} (gamma={critic.config.gamma})")
-
-
-@dataclass(frozen=True)
-class Subcommand:
-    help: str
-    dataclasses: tuple[type, ...]
-    run: Callable[..., Any]
-
-
-SUBCOMMANDS: dict[str, Subcommand] = {
-    "make-tiny-model": Subcommand(MakeTinyModelArguments.__doc__, (MakeTinyModelArguments,), _make_tiny_model),
-    "init-critic": Subcommand(InitCriticArguments.__doc__, (InitCriticArguments,), _init_critic),
+# name → (module under lenvm_rl.scripts, one-line help). The help lives here so that listing needs no import.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "make-tiny-model": ("make_tiny_model", "Write the built-in tiny causal LM and its tokenizer (no network needed)."),
+    "init-critic": ("init_critic", "Build a LenVM critic on a decoder backbone, or import an upstream checkpoint."),
+    "rollout": ("rollout", "Sample completions from a policy for critic training (resumable, split by prompt)."),
+    "train-critic": ("train_critic", "Train a LenVM critic on rollouts (token-level loss, γ auto, LoRA, DeepSpeed)."),
+    "eval-critic": ("eval_critic", "Evaluate a critic on held-out rollouts: MRE vs a constant baseline, plots."),
+    "grpo": ("grpo", "GRPO with a LenVM critic (token-level length advantage), TRL-style recipe."),
+    "ppo": ("ppo", "Critic-based PPO (task critic GAE) with an optional LenVM length term, TRL-style recipe."),
+    "predict-length": ("predict_length", "Predict each prompt's completion length at the prompt boundary."),
+    "eval-length-control": ("eval_length_control", "Guided vs plain generation under length constraints "
+                                                   "(LIFEBench score)."),
+    "demo": ("demo", "The concise-reasoning demo: a small fixed instance of the length-method study."),
 }
-
-
-def end_job(trainer: Any) -> None:
-    """End a training job the way TRL's scripts do: wait for every process, then finish the trackers and destroy the
-    process group (``Trainer.end``). Leaving the group to interpreter shutdown lets one rank tear down while another
-    is still in a collective, which intermittently aborts two-process runs after they have saved."""
-    trainer.accelerator.wait_for_everyone()
-    trainer.end()
-
-
-def register(name: str, help: str, dataclasses: tuple[type, ...], run: Callable[..., Any]) -> None:
-    """Add a subcommand (used by the modules that implement later jobs)."""
-    SUBCOMMANDS[name] = Subcommand(help, dataclasses, run)
-
-
-def _load_subcommands() -> None:
-    # Job modules register themselves on import; importing them lazily keeps `lenvm-rl --help` fast.
-    import importlib
-
-    for module in ("lenvm_rl.rollout", "lenvm_rl.critic_training", "lenvm_rl.evaluation", "lenvm_rl.grpo",
-                   "lenvm_rl.ppo", "lenvm_rl.decoding", "lenvm_rl.demo"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise
 
 
 def _usage() -> str:
     lines = ["usage: lenvm-rl <subcommand> [--config recipe.yaml] [options]", "", "subcommands:"]
     width = max(len(name) for name in SUBCOMMANDS)
-    for name, command in SUBCOMMANDS.items():
-        lines.append(f"  {name.ljust(width)}  {command.help.strip().splitlines()[0]}")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        lines.append(f"  {name.ljust(width)}  {help_text}")
     lines.append("")
     lines.append("Run `lenvm-rl <subcommand> --help` for the options of one subcommand.")
     return "\n".join(lines)
@@ -129,7 +46,6 @@ def _usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _load_subcommands()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -137,18 +53,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"lenvm-rl: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    module_name, help_text = SUBCOMMANDS[name]
+    job = importlib.import_module(f"lenvm_rl.scripts.{module_name}")
     from trl import TrlParser
 
-    command = SUBCOMMANDS[name]
-    parser = TrlParser(command.dataclasses, prog=f"lenvm-rl {name}", description=command.help)
+    description = (job.DATACLASSES[0].__doc__ or help_text).strip()
+    parser = TrlParser(job.DATACLASSES, prog=f"lenvm-rl {name}", description=description)
     try:
         parsed = parser.parse_args_and_config(rest)
-        command.run(*parsed)
+        job.main(*parsed)
     except (ValueError, KeyError, FileNotFoundError) as error:
-        # Bad input is the user's to fix: show the message, not a traceback (LENVM_RL_DEBUG=1 shows it).
+        # Bad input is the user's to fix: show the message, not a traceback.
         if os.environ.get("LENVM_RL_DEBUG"):
             raise
-        print(f"lenvm-rl {name}: error: {error}", file=sys.stderr)
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"lenvm-rl {name}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

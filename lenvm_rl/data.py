@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 __all__ = [
+    "check_local_path",
+    "looks_like_local_path",
     "load_prompt_dataset",
     "render_prompt",
     "tokenizer_fingerprint",
@@ -20,6 +23,28 @@ __all__ = [
 ]
 
 _FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+
+def looks_like_local_path(name: str | os.PathLike) -> bool:
+    """Whether ``name`` is meant as a local path rather than a hub id ``org/name``: it exists, starts with ``.``,
+    ``/`` or ``~``, has more than one path separator, or its parent directory exists here (``runs/tiny-polcy`` when
+    ``runs/`` exists)."""
+    text = str(name)
+    path = Path(text).expanduser()
+    if path.exists() or text.startswith((".", "/", "~")) or path.is_absolute():
+        return True
+    if os.sep in text and text.count(os.sep) > 1:
+        return True
+    return os.sep in text and path.parent.is_dir()
+
+
+def check_local_path(name: str | os.PathLike | None, what: str) -> None:
+    """Raise ``FileNotFoundError("<what> <name> does not exist")`` at once when ``name`` looks like a local path
+    (:func:`looks_like_local_path`) but is not there, instead of letting transformers try the hub with it."""
+    if name is None:
+        return
+    if looks_like_local_path(name) and not Path(str(name)).expanduser().exists():
+        raise FileNotFoundError(f"{what} {name} does not exist")
 
 
 def load_prompt_dataset(
@@ -45,14 +70,17 @@ def load_prompt_dataset(
                 raise ValueError(f"{dataset}: no split {split!r}; available splits: {sorted(loaded)}")
             loaded = loaded[split]
         data = loaded
-    elif path.exists() or path.is_absolute() or dataset.startswith("."):
-        raise FileNotFoundError(f"prompt dataset {dataset} does not exist or is not a file or a saved dataset")
+    elif path.exists():
+        raise FileNotFoundError(f"prompt dataset {dataset} is neither a file nor a saved dataset directory")
+    elif looks_like_local_path(dataset):
+        raise FileNotFoundError(f"prompt dataset {dataset} does not exist")
     else:
         data = load_dataset(dataset, config_name, split=split)
     if column not in data.column_names:
-        raise ValueError(f"{dataset}: prompt column {column!r} not found; available columns: {data.column_names}")
+        raise ValueError(f"{dataset}: prompt column {column!r} not found (the dataset has no column {column!r}); "
+                         f"available columns: {data.column_names}")
     if len(data) == 0:
-        raise ValueError(f"{dataset}: split {split!r} is empty; nothing to roll out")
+        raise ValueError(f"{dataset}: split {split!r} has no prompts")
     return data
 
 

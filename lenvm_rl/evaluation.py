@@ -1,6 +1,6 @@
 """Critic evaluation: prompt-boundary length prediction error, per-position errors, calibration plots.
 
-Prompt-boundary MRE follows the paper (DESIGN.md §2). With ``N`` samples of one prompt, the ground truth lives in
+Prompt-boundary MRE follows the paper (docs/method.md). With ``N`` samples of one prompt, the ground truth lives in
 value space, ``L_GT = ln(mean_i γ^{L_i}) / ln γ`` (= ``ln(1 - mean_i (1 - γ^{L_i})) / ln γ``), the critic predicts
 ``L̂ = ln(1 + V(s_0)) / ln γ``, and ``MRE = mean_prompts |L̂ - L_GT| / L_GT``. Inverting a mean value
 under-estimates the mean raw length (Jensen), so the "naive" MRE against the mean raw length is reported beside
@@ -9,7 +9,6 @@ it, not instead of it. The **constant baseline** predicts the training-set mean 
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,13 +19,12 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from .data import pad_prompt_completion_batch, resolve_device
-from .io import write_text_atomically
+from .data import pad_prompt_completion_batch
 from .length_math import check_gamma, length_to_value, value_to_length
 from .modeling import unwrap_critic
 
 __all__ = ["CriticEvaluation", "critic_metrics", "value_space_length", "plot_calibration", "plot_error_by_position",
-           "EvalCriticArguments", "evaluate_critic"]
+           "save_figure"]
 
 POSITION_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 
@@ -163,7 +161,7 @@ def plot_calibration(evaluation: CriticEvaluation, path: str | Path, bins: int =
     ax.set_title(f"LenVM calibration (γ={evaluation.gamma:.4g})")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_error_by_position(evaluation: CriticEvaluation, path: str | Path) -> None:
@@ -182,10 +180,10 @@ def plot_error_by_position(evaluation: CriticEvaluation, path: str | Path) -> No
     ax.set_ylabel("mean |predicted - realized| / realized")
     ax.set_title("remaining-length error by position")
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
-def _save_figure(fig: Any, path: str | Path) -> None:
+def save_figure(fig: Any, path: str | Path) -> None:
     import os
     import tempfile
 
@@ -202,72 +200,3 @@ def _save_figure(fig: Any, path: str | Path) -> None:
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-@dataclass
-class EvalCriticArguments:
-    """Evaluate a LenVM critic on held-out rollouts: MRE vs a constant baseline, per-position errors, plots."""
-
-    critic: str = field(metadata={"help": "Directory of a saved LenVM critic (with its tokenizer)."})
-    rollouts: str = field(metadata={"help": "Rollout directory written by `lenvm-rl rollout`."})
-    output_dir: str = field(metadata={"help": "Where to write metrics.json, calibration.png, error_by_position.png."})
-    split: str = field(default="eval", metadata={"help": "Rollout split to evaluate on (held-out prompts)."})
-    baseline_split: str = field(
-        default="train", metadata={"help": "Split whose mean value is the constant baseline's prediction."}
-    )
-    batch_size: int = field(default=8, metadata={"help": "Rollouts per critic forward."})
-    dtype: str = field(default="float32", metadata={"help": "Critic backbone dtype."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
-
-
-def evaluate_critic(args: EvalCriticArguments) -> dict[str, float]:
-    """The ``eval-critic`` job. Returns the scalar metrics (also written to ``metrics.json``)."""
-    from transformers import AutoTokenizer
-
-    from .critic_training import prepare_critic_dataset
-    from .data import check_same_tokenizer
-    from .modeling import LengthValueModel, check_tokenizer
-    from .rollout import load_rollouts
-
-    splits, info = load_rollouts(args.rollouts)
-    for name in (args.split, args.baseline_split):
-        if name not in splits:
-            raise ValueError(f"{args.rollouts}: no split {name!r}; have {sorted(splits)}")
-    critic_path = Path(args.critic)
-    if not critic_path.is_dir():
-        raise FileNotFoundError(f"critic directory {critic_path} does not exist")
-    tokenizer = check_tokenizer(AutoTokenizer.from_pretrained(args.critic))
-    check_same_tokenizer(info["tokenizer_fingerprint"], tokenizer, f"rollouts {args.rollouts} vs critic {args.critic}")
-    device = resolve_device(args.device)
-    critic = LengthValueModel.from_pretrained(args.critic, dtype=getattr(torch, args.dtype)).to(device).eval()
-    gamma = critic.gamma
-    evaluated = prepare_critic_dataset(splits[args.split], "drop", name=args.split)
-    baseline_rows = prepare_critic_dataset(splits[args.baseline_split], "drop", name=args.baseline_split)
-    baseline = float(length_to_value(torch.tensor(baseline_rows["completion_length"], dtype=torch.float64),
-                                     gamma).mean())
-    evaluation = critic_metrics(critic, evaluated, gamma, tokenizer.pad_token_id, baseline_value=baseline,
-                                batch_size=args.batch_size, progress=True)
-    metrics = {"gamma": gamma, "split": args.split, **evaluation.scalars()}
-    output_dir = Path(args.output_dir)
-    write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2))
-    plot_calibration(evaluation, output_dir / "calibration.png")
-    plot_error_by_position(evaluation, output_dir / "error_by_position.png")
-    return metrics
-
-
-def _run(args: EvalCriticArguments) -> None:
-    metrics = evaluate_critic(args)
-    print(f"critic {args.critic} on {args.rollouts} [{args.split}]:")
-    for key in ("prompt_mre", "constant_mre", "mre_vs_constant", "prompt_mre_naive", "constant_mre_naive",
-                "rel_err_at_0pct", "rel_err_at_25pct", "rel_err_at_50pct", "rel_err_at_75pct", "value_mse"):
-        print(f"  {key:20s} {metrics[key]:.4f}")
-    print(f"metrics.json, calibration.png and error_by_position.png written to {args.output_dir}")
-
-
-def _register() -> None:
-    from .cli import register
-
-    register("eval-critic", EvalCriticArguments.__doc__, (EvalCriticArguments,), _run)
-
-
-_register()

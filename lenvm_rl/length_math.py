@@ -1,6 +1,6 @@
 """Pure length math for LenVM critics: tensors in, tensors out, masks explicit.
 
-Conventions (DESIGN.md §2, used everywhere in this package):
+Conventions (docs/method.md, used everywhere in this package):
 
 * A completion ``c_0 … c_{L-1}`` ends with EOS and **L counts the EOS token**.
 * State ``s_t`` is the prompt plus the first ``t`` completion tokens, ``t = 0 … L``; ``s_L`` is terminal.

@@ -1,7 +1,7 @@
 """The LenVM critic: a decoder backbone plus a value head predicting, at every token, how much generation remains.
 
 ``V = -sigmoid(z)`` with ``z = Linear(H, H') → SiLU → Linear(H', 1)`` applied to the final hidden state; the head
-always runs in float32 (even under a bf16 backbone), and no LM head is computed. Values follow DESIGN.md §2:
+always runs in float32 (even under a bf16 backbone), and no LM head is computed. Values follow docs/method.md:
 ``V(s) ≈ -(1 - γ^remaining)``; ``γ`` travels in the config.
 """
 
@@ -344,7 +344,7 @@ class LengthValueModel(PreTrainedModel):
         micro_batch_size: int | None = None,
         read: str = "value",
     ) -> Tensor:
-        """The ``(B, T+1)`` values of DESIGN.md §2 for TRL-style batches.
+        """The ``(B, T+1)`` values of docs/method.md for TRL-style batches.
 
         Args:
             prompt_ids, prompt_mask: ``(B, P)``, left-padded (the last column is each prompt's last token).
@@ -398,7 +398,7 @@ class LengthValueModel(PreTrainedModel):
 
         ``prompt_ids``/``prompt_mask`` are ``(B, P)`` left-padded; returns ``(B,)`` float32. Being the inverse of a
         mean *value*, this estimates the value-space length ``ln(E[γ^L]) / ln γ``, which sits below the mean raw
-        length when lengths vary (Jensen); evaluate it against the value-space ground truth (DESIGN.md §2).
+        length when lengths vary (Jensen); evaluate it against the value-space ground truth (docs/method.md).
         """
         empty = prompt_ids.new_zeros((prompt_ids.shape[0], 0))
         values = self.values_for_completions(prompt_ids, prompt_mask, empty, empty, micro_batch_size)

@@ -13,7 +13,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["LinearLengthPenalty", "KimiLengthReward", "TargetLengthReward", "TokenBudgetReward"]
+__all__ = [
+    "LinearLengthPenalty",
+    "KimiLengthReward",
+    "TargetLengthReward",
+    "TokenBudgetReward",
+    "resolve_reward_function",
+    "resolve_reward_functions",
+]
 
 RewardFunction = Callable[..., Sequence[float | None]]
 
@@ -134,3 +141,53 @@ class TokenBudgetReward:
         task = self.task_reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
         return [reward if length <= self.budget else 0.0 for reward, length in
                 zip(task, _lengths(completion_ids), strict=True)]
+
+
+def resolve_reward_function(name: str) -> RewardFunction:
+    """One reward function from its name: a TRL built-in (``accuracy_reward``, ...), a :mod:`lenvm_rl.tasks` reward
+    (``arithmetic_correctness``, ...), or an import path ``package.module:function`` (also ``package.module.function``).
+    The current directory is importable, so a user's ``my_rewards.py`` next to the recipe works. Raises ``ValueError``
+    naming the path and what went wrong."""
+    import importlib
+    import os
+    import sys
+
+    builtins = _builtin_rewards()
+    if name in builtins:
+        return builtins[name]
+    if ":" in name:
+        module_path, _, attribute = name.partition(":")
+    elif "." in name:
+        module_path, _, attribute = name.rpartition(".")
+    else:
+        raise ValueError(f"unknown reward function {name!r}; use one of {sorted(builtins)} or an import path "
+                         "'module:function'")
+    if not module_path or not attribute:
+        raise ValueError(f"reward function path {name!r} must look like 'module:function'")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        function = getattr(importlib.import_module(module_path), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot import reward function {name!r}: {error}") from error
+    if not callable(function):
+        raise ValueError(f"reward function {name!r} is a {type(function).__name__}, not a callable")
+    return function
+
+
+def resolve_reward_functions(names: Sequence[str] | None) -> list[RewardFunction]:
+    """:func:`resolve_reward_function` for each name; an empty list is an error."""
+    if not names:
+        raise ValueError("no reward function given: set reward_funcs (e.g. [accuracy_reward] or my_module:my_reward)")
+    return [resolve_reward_function(name) for name in names]
+
+
+def _builtin_rewards() -> dict[str, RewardFunction]:
+    from trl import rewards as trl_rewards
+
+    from . import tasks
+
+    registry = {name: getattr(trl_rewards, name) for name in ("accuracy_reward", "reasoning_accuracy_reward",
+                                                              "think_format_reward") if hasattr(trl_rewards, name)}
+    registry.update(tasks.REWARD_FUNCTIONS)
+    return registry

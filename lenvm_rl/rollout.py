@@ -366,20 +366,3 @@ def load_rollouts(path: str | os.PathLike) -> tuple[DatasetDict, dict[str, Any]]
             if column not in split.column_names:
                 raise ValueError(f"{path}: split {name!r} lacks column {column!r}")
     return splits, json.loads(info_path.read_text())
-
-
-def _run(config: RolloutConfig) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    splits = generate_rollouts(config)
-    info = json.loads((Path(config.output_dir) / ROLLOUT_INFO_FILE).read_text())
-    print(f"rollouts saved to {config.output_dir}: " + ", ".join(f"{k}={len(v)}" for k, v in splits.items())
-          + f" (terminated {100 * info['terminated_fraction']:.1f}%)")
-
-
-def _register() -> None:
-    from .cli import register
-
-    register("rollout", RolloutConfig.__doc__, (RolloutConfig,), _run)
-
-
-_register()

@@ -1,7 +1,7 @@
 """``LengthCritic``: the LenVM critic as a source of per-token RL signals, for TRL adapters and custom loops alike.
 
 It takes prompt/completion tensors as TRL lays them out (left-padded prompts, right-padded completions), runs the
-frozen critic once, and returns the ``(B, T)`` length advantage or shaping advantage of DESIGN.md §2::
+frozen critic once, and returns the ``(B, T)`` length advantage or shaping advantage of docs/method.md::
 
     critic = LengthCritic(LengthValueModel.from_pretrained("runs/critic"), eos_token_ids=[tokenizer.eos_token_id])
     signals = critic.signals(prompt_ids, prompt_mask, completion_ids, completion_mask, lam=0.95)

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
     from datasets import load_dataset
     from transformers import TrainerCallback
 
-    from lenvm_rl.grpo import LenVMGRPOConfig, LenVMGRPOTrainer
+    from lenvm_rl import LenVMGRPOConfig, LenVMGRPOTrainer
     from lenvm_rl.tasks import arithmetic_correctness
 
     out = Path(args.output_dir)

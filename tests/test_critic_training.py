@@ -11,16 +11,15 @@ from trl import ModelConfig
 
 from lenvm_rl import LengthValueModel, choose_gamma
 from lenvm_rl.cli import main
-from lenvm_rl.critic_training import (
-    CriticScriptArguments,
+from lenvm_rl.scripts.train_critic import CriticScriptArguments, train_critic
+from lenvm_rl.tiny import build_tiny_tokenizer, save_tiny_causal_lm
+from lenvm_rl.trainer.critic import (
     LenVMConfig,
     LenVMDataCollator,
     LenVMTrainer,
     length_regression_loss,
     prepare_critic_dataset,
-    train_critic,
 )
-from lenvm_rl.tiny import build_tiny_tokenizer, save_tiny_causal_lm
 
 
 def quick_config(output_dir, **overrides):

@@ -4,7 +4,7 @@ import json
 import re
 
 from lenvm_rl.cli import main
-from lenvm_rl.demo import METHODS
+from lenvm_rl.scripts.demo import METHODS
 
 
 def test_quick_demo_end_to_end(tmp_path, capsys):

@@ -9,8 +9,14 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-from lenvm_rl import LengthValueModel, discounted_cumsum, length_advantages, potential_shaping
-from lenvm_rl.grpo import LenVMGRPOConfig, LenVMGRPOTrainer
+from lenvm_rl import (
+    LengthValueModel,
+    LenVMGRPOConfig,
+    LenVMGRPOTrainer,
+    discounted_cumsum,
+    length_advantages,
+    potential_shaping,
+)
 from lenvm_rl.tiny import build_tiny_tokenizer, save_tiny_causal_lm
 
 COMMON = dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=24, learning_rate=1e-3,

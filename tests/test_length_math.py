@@ -1,4 +1,4 @@
-"""Property tests pinning the invariants of the length math (DESIGN.md §2)."""
+"""Property tests pinning the invariants of the length math (docs/method.md)."""
 
 import math
 

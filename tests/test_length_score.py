@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lenvm_rl.length_score import (
+from lenvm_rl.decoding.length_score import (
     CONSTRAINT_TYPES,
     check_constraint,
     length_deviation,

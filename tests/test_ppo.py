@@ -10,9 +10,8 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from lenvm_rl import LengthValueModel, length_advantages, task_gae
+from lenvm_rl import LengthValueModel, LenVMPPOConfig, LenVMPPOTrainer, length_advantages, task_gae
 from lenvm_rl.cli import main
-from lenvm_rl.ppo import LenVMPPOConfig, LenVMPPOTrainer
 from lenvm_rl.tiny import build_tiny_tokenizer, save_tiny_causal_lm
 
 COMMON = dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=24, learning_rate=1e-3,

@@ -1,7 +1,7 @@
 """Scale-out: the accelerate configs, the recipes under `accelerate launch` (ZeRO-3 in one process, DDP in two), the
 critic under ZeRO-3 (sharded or replicated, values, saving) and the bad-input checks.
 
-DeepSpeed runs on CPU in a single process only (DESIGN.md §4), so the ZeRO-3 runs use
+DeepSpeed runs on CPU in a single process only (docs/method.md), so the ZeRO-3 runs use
 `accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 1 --mixed_precision no` with
 `DS_ACCELERATOR=cpu` and `--bf16 false` (the critic recipe also runs under `zero2.yaml`); the DDP runs use
 `recipes/accelerate/multi_gpu.yaml` with two processes and `ACCELERATE_USE_CPU=true`. The GPU-only configs are
@@ -65,8 +65,8 @@ def critic_values(critic, batch) -> torch.Tensor:
 
 def whole_critic(path):
     """The critic loaded whole (not partitioned), even while a ZeRO-3 config is registered."""
-    from lenvm_rl.grpo import _zero3_init_disabled
     from lenvm_rl.modeling import LengthValueModel
+    from lenvm_rl.trainer.grpo import _zero3_init_disabled
 
     with _zero3_init_disabled():
         return LengthValueModel.from_pretrained(path).eval()
@@ -81,7 +81,7 @@ def _expect_error(build) -> str | None:
 
 
 def _grpo_config(workdir: Path, **overrides):
-    from lenvm_rl.grpo import LenVMGRPOConfig
+    from lenvm_rl.trainer.grpo import LenVMGRPOConfig
 
     settings = dict(output_dir=str(workdir / "scratch"), per_device_train_batch_size=4, num_generations=4,
                     max_completion_length=16, max_steps=1, bf16=False, report_to="none", beta=0.0,
@@ -98,9 +98,11 @@ def grpo_worker(workdir: Path) -> dict:
     from torch import nn
     from transformers import AutoTokenizer
 
-    from lenvm_rl import cli, grpo
+    from lenvm_rl import cli
     from lenvm_rl.modeling import LengthValueModel
+    from lenvm_rl.scripts import grpo as grpo_job
     from lenvm_rl.tasks import arithmetic_correctness
+    from lenvm_rl.trainer import grpo
 
     tokenizer = AutoTokenizer.from_pretrained(workdir / "critic")
     batch = fixed_batch(tokenizer)
@@ -129,15 +131,15 @@ def grpo_worker(workdir: Path) -> dict:
     # the trainer it builds.
     reference = critic_values(whole_critic(workdir / "wide-critic"), batch)
     trainers = []
-    run_grpo = grpo.run_grpo
-    grpo.run_grpo = lambda *a: trainers.append(run_grpo(*a)) or trainers[-1]
+    run_grpo = grpo_job.run_grpo
+    grpo_job.run_grpo = lambda *a: trainers.append(run_grpo(*a)) or trainers[-1]
     # The CLI ends the job (destroys the process group) when it is done; this worker keeps inspecting the trainer
     # afterwards and ends the group itself at exit.
-    cli.end_job = lambda trainer: None
+    grpo_job.end_job = lambda trainer: None
     output_dir = workdir / "zero3-full"
     code = cli.main(["grpo", "--config", str(ZERO3_RECIPE), *tiny_grpo_override(workdir, "wide-critic"),
                      "--output_dir", str(output_dir)])
-    grpo.run_grpo = run_grpo
+    grpo_job.run_grpo = run_grpo
     (trainer,) = trainers
     critic = trainer.critic.module if hasattr(trainer.critic, "module") else trainer.critic
     result["shard"] = {
@@ -175,14 +177,15 @@ def critic_worker(workdir: Path, lora: bool) -> dict:
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    from lenvm_rl import cli, critic_training
+    from lenvm_rl import cli
     from lenvm_rl.modeling import unwrap_critic
+    from lenvm_rl.scripts import train_critic as critic_job
 
     name = "critic-lora" if lora else "critic-full"
     batch = fixed_batch(AutoTokenizer.from_pretrained(workdir / "wide-backbone"))
     result: dict = {}
     trainers = []
-    train_critic, save_zero3_critic = critic_training.train_critic, critic_training._save_zero3_critic
+    train_critic, save_zero3_critic = critic_job.train_critic, critic_job._save_zero3_critic
 
     def keep_trainer(*args):
         trainers.append(train_critic(*args))
@@ -193,8 +196,8 @@ def critic_worker(workdir: Path, lora: bool) -> dict:
         result["values_before_save"] = critic_values(trainer.accelerator.unwrap_model(trainer.model), batch).tolist()
         return save_zero3_critic(trainer, *args, **kwargs)
 
-    critic_training.train_critic, critic_training._save_zero3_critic = keep_trainer, save_after_recording
-    cli.end_job = lambda trainer: None  # the worker inspects the trainer after the CLI returns (see above)
+    critic_job.train_critic, critic_job._save_zero3_critic = keep_trainer, save_after_recording
+    critic_job.end_job = lambda trainer: None  # the worker inspects the trainer after the CLI returns (see above)
     lora_flags = ["--use_peft", "true", "--lora_target_modules", "q_proj", "v_proj"] if lora else []
     result["exit_code"] = cli.main([
         "train-critic", "--config", str(CRITIC_RECIPE), "--model_name_or_path", str(workdir / "wide-backbone"),
@@ -357,7 +360,7 @@ def test_zero3_recipe_field_that_does_not_exist_fails(tmp_path, capsys):
 
 
 def test_critic_zero3_choice_is_checked():
-    from lenvm_rl.grpo import LenVMGRPOConfig
+    from lenvm_rl.trainer.grpo import LenVMGRPOConfig
 
     with pytest.raises(ValueError, match="critic_zero3 must be one of"):
         LenVMGRPOConfig(output_dir="unused", critic_zero3="everywhere", use_cpu=True, bf16=False,
@@ -365,7 +368,7 @@ def test_critic_zero3_choice_is_checked():
 
 
 def test_batch_layout_error_names_the_process_count():
-    from lenvm_rl.grpo import LenVMGRPOConfig
+    from lenvm_rl.trainer.grpo import LenVMGRPOConfig
 
     with pytest.raises(ValueError, match=r"number of processes comes from the launcher \(1") as error:
         LenVMGRPOConfig(output_dir="unused", use_cpu=True, bf16=False, per_device_train_batch_size=6,

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-from lenvm_rl.grpo import LenVMGRPOConfig, LenVMGRPOTrainer  # noqa: E402
+from lenvm_rl import LenVMGRPOConfig, LenVMGRPOTrainer  # noqa: E402
 
 
 class RecordingTrainer(LenVMGRPOTrainer):

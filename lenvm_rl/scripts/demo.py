@@ -26,9 +26,9 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from .data import resolve_device
-from .io import write_text_atomically
-from .tasks import Problem, arithmetic_correctness, format_prompt, format_trace, make_problems, parse_answer
+from ..data import resolve_device
+from ..io import write_text_atomically
+from ..tasks import Problem, arithmetic_correctness, format_prompt, format_trace, make_problems, parse_answer
 
 __all__ = ["DemoArguments", "DemoScale", "run_demo", "METHODS"]
 
@@ -124,9 +124,10 @@ def _warm_up(policy_init: Path, out: Path, scale: DemoScale, seed: int, use_cpu:
 def _train_critic(policy: Path, out: Path, scale: DemoScale, seed: int, use_cpu: bool) -> tuple[Path, dict]:
     from trl import ModelConfig
 
-    from .critic_training import CriticScriptArguments, LenVMConfig, train_critic
-    from .evaluation import EvalCriticArguments, evaluate_critic
-    from .rollout import RolloutConfig, generate_rollouts
+    from ..rollout import RolloutConfig, generate_rollouts
+    from ..trainer.critic import LenVMConfig
+    from .eval_critic import EvalCriticArguments, evaluate_critic
+    from .train_critic import CriticScriptArguments, train_critic
 
     prompts_file = out / "data" / "rollout_prompts.jsonl"
     problems = make_problems(scale.rollout_prompts, seed=seed + 2)
@@ -153,7 +154,7 @@ def _train_critic(policy: Path, out: Path, scale: DemoScale, seed: int, use_cpu:
 
 
 def _reward_setup(method: str, coef: float, max_tokens: int) -> tuple[list[Any], dict[str, Any]]:
-    from .rewards import KimiLengthReward, LinearLengthPenalty, TokenBudgetReward
+    from ..rewards import KimiLengthReward, LinearLengthPenalty, TokenBudgetReward
 
     if method == "none":
         return [arithmetic_correctness], {"length_mode": "none"}
@@ -179,8 +180,8 @@ def _reward_setup(method: str, coef: float, max_tokens: int) -> tuple[list[Any],
 
 def _rl_run(method: str, coef: float, policy: Path, critic: Path, dataset: Dataset, out: Path, scale: DemoScale,
             seed: int, use_cpu: bool) -> tuple[Any, Any, list[dict[str, float]]]:
-    from .grpo import LenVMGRPOConfig, LenVMGRPOTrainer
-    from .ppo import LenVMPPOConfig, LenVMPPOTrainer
+    from ..trainer.grpo import LenVMGRPOConfig, LenVMGRPOTrainer
+    from ..trainer.ppo import LenVMPPOConfig, LenVMPPOTrainer
 
     reward_funcs, overrides = _reward_setup(method, coef, scale.max_new_tokens)
     config_class, trainer_class = ((LenVMPPOConfig, LenVMPPOTrainer) if method == "lenvm_ppo"
@@ -205,8 +206,8 @@ def evaluate_policy(model: Any, tokenizer: Any, problems: list[Problem], max_new
                     batch_size: int = 64) -> dict[str, Any]:
     """Greedy completions on ``problems``: accuracy and mean completion length (tokens, EOS counted), overall and by
     difficulty."""
-    from .data import render_prompt
-    from .rollout import sample_completions
+    from ..data import render_prompt
+    from ..rollout import sample_completions
 
     model.eval()
     records = []
@@ -311,7 +312,7 @@ def _plot(out: Path, start: dict[str, Any], results: list[dict[str, Any]]) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .evaluation import _save_figure
+    from ..evaluation import save_figure
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     ax.scatter([start["mean_tokens"]], [start["accuracy"]], marker="*", s=160, color="black", label="starting policy")
@@ -324,7 +325,7 @@ def _plot(out: Path, start: dict[str, Any], results: list[dict[str, Any]]) -> No
     ax.set_title("accuracy vs length, every method over its coefficient grid")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    _save_figure(fig, out / "accuracy_vs_length.png")
+    save_figure(fig, out / "accuracy_vs_length.png")
 
 
 # ---------------------------------------------------------------------- driver
@@ -334,7 +335,7 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     """Run every stage and write the report; returns the metrics also saved to ``metrics.json``."""
     from transformers import set_seed
 
-    from .tiny import save_tiny_causal_lm
+    from ..tiny import save_tiny_causal_lm
 
     started = time.time()
     device = resolve_device(args.device).type
@@ -394,16 +395,10 @@ def run_demo(args: DemoArguments) -> dict[str, Any]:
     return metrics
 
 
-def _run(args: DemoArguments) -> None:
+DATACLASSES = (DemoArguments,)
+
+
+def main(args: DemoArguments) -> None:
     run_demo(args)
     print((Path(args.out) / "report.md").read_text())
     print(f"report, metrics.json and plots written to {args.out}")
-
-
-def _register() -> None:
-    from .cli import register
-
-    register("demo", DemoArguments.__doc__, (DemoArguments,), _run)
-
-
-_register()

@@ -1,7 +1,7 @@
 """GRPO with a LenVM critic: ``LenVMGRPOConfig`` and ``LenVMGRPOTrainer``, thin subclasses of TRL's GRPO.
 
 TRL's GRPO gives every token of a completion the same group-normalized advantage ``A_task``. Here the frozen
-critic adds per-token length credit (DESIGN.md §2):
+critic adds per-token length credit (docs/method.md):
 
 * ``length_mode="advantage"``: ``A_t = A_task + s · g · A_len_t`` with ``A_len`` the GAE (``γ`` of the critic,
   ``length_lam``) of ``δ_t = -(1-γ) + γV(s_{t+1}) - V(s_t)``; ``s`` = ``length_coef`` (optionally scheduled) and
@@ -35,10 +35,10 @@ import torch
 from torch import Tensor
 from trl import GRPOConfig, GRPOTrainer
 
-from .data import check_same_tokenizer, tokenizer_fingerprint
-from .length_math import check_gamma, value_targets
-from .modeling import LengthValueModel, unwrap_critic
-from .signals import LengthCritic
+from ..data import check_same_tokenizer, tokenizer_fingerprint
+from ..length_math import check_gamma, value_targets
+from ..modeling import LengthValueModel, unwrap_critic
+from ..signals import LengthCritic
 
 __all__ = ["LenVMGRPOConfig", "LenVMGRPOTrainer", "LENGTH_MODES", "LENGTH_GATES"]
 
@@ -457,105 +457,3 @@ def _check_vocabulary(critic: LengthValueModel, critic_tokenizer: Any, policy_to
             f"the policy's tokenizer has {len(policy_tokenizer)} tokens but the critic embeds only {vocab_size}; "
             "they cannot share a tokenizer"
         )
-
-
-# ---------------------------------------------------------------------- the `lenvm-rl grpo` job
-
-
-@dataclass
-class GRPOScriptArguments:
-    """Data and rewards of a ``lenvm-rl grpo`` run (the policy is ``--model_name_or_path``, LoRA via ``--use_peft``)."""
-
-    dataset_name: str = field(
-        metadata={"help": "Prompts: a local json/jsonl/parquet/csv file, a save_to_disk directory, or a hub name."}
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Config name of a hub dataset."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts (renamed 'prompt')."})
-    reward_funcs: list[str] | None = field(
-        default=None,
-        metadata={"help": "Reward functions: names from TRL (accuracy_reward, think_format_reward, ...), "
-                          "lenvm_rl.tasks names, or dotted import paths (my_module.my_reward)."},
-    )
-
-
-def resolve_reward_functions(names: list[str] | None) -> list[Callable[..., Any]]:
-    """Reward functions from names: TRL's built-ins, this package's task rewards, or ``module.attribute`` paths."""
-    import importlib
-    import sys
-
-    if not names:
-        raise ValueError("no reward function given: set reward_funcs (e.g. [accuracy_reward] or my_module.my_reward)")
-    functions = []
-    for name in names:
-        builtin = _builtin_rewards().get(name)
-        if builtin is not None:
-            functions.append(builtin)
-            continue
-        if "." not in name:
-            raise ValueError(f"unknown reward function {name!r}; use one of {sorted(_builtin_rewards())} "
-                             "or a dotted import path")
-        module_path, attribute = name.rsplit(".", 1)
-        sys.path.insert(0, os.getcwd())
-        try:
-            functions.append(getattr(importlib.import_module(module_path), attribute))
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"cannot import reward function {name!r}: {error}") from error
-    return functions
-
-
-def _builtin_rewards() -> dict[str, Callable[..., Any]]:
-    from trl import rewards as trl_rewards
-
-    from . import tasks
-
-    registry = {name: getattr(trl_rewards, name) for name in ("accuracy_reward", "reasoning_accuracy_reward",
-                                                              "think_format_reward") if hasattr(trl_rewards, name)}
-    registry.update(tasks.REWARD_FUNCTIONS)
-    return registry
-
-
-def run_grpo(script_args: GRPOScriptArguments, args: LenVMGRPOConfig, model_args: Any,
-             trainer_class: type[LenVMGRPOTrainer] | None = None) -> LenVMGRPOTrainer:
-    """Build and run a :class:`LenVMGRPOTrainer` (or ``trainer_class``, e.g. the PPO subclass) from parsed recipe
-    arguments; saves the policy (adapter with LoRA)."""
-    from trl import get_peft_config
-
-    from .data import load_prompt_dataset
-
-    if not model_args.model_name_or_path:
-        raise ValueError("this job needs --model_name_or_path (the policy)")
-    reward_funcs = resolve_reward_functions(script_args.reward_funcs)
-    dataset = load_prompt_dataset(script_args.dataset_name, script_args.dataset_train_split,
-                                  script_args.prompt_column, script_args.dataset_config)
-    if script_args.prompt_column != "prompt":
-        dataset = dataset.rename_column(script_args.prompt_column, "prompt")
-    args.model_init_kwargs = {**(args.model_init_kwargs or {}), "dtype": model_args.dtype,
-                              "revision": model_args.model_revision,
-                              "attn_implementation": model_args.attn_implementation}
-    trainer_class = trainer_class or LenVMGRPOTrainer
-    trainer = trainer_class(model=model_args.model_name_or_path, reward_funcs=reward_funcs, args=args,
-                               train_dataset=dataset, peft_config=get_peft_config(model_args))
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(args.output_dir)
-    return trainer
-
-
-def _run(script_args: GRPOScriptArguments, args: LenVMGRPOConfig, model_args: Any) -> None:
-    from .cli import end_job
-
-    trainer = run_grpo(script_args, args, model_args)
-    trainer.accelerator.print(f"policy saved to {args.output_dir}")
-    end_job(trainer)
-
-
-def _register() -> None:
-    from trl import ModelConfig
-
-    from .cli import register
-
-    register("grpo", "GRPO with a LenVM critic (length advantage or potential shaping), TRL-style recipe.",
-             (GRPOScriptArguments, LenVMGRPOConfig, ModelConfig), _run)
-
-
-_register()

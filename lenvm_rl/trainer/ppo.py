@@ -1,6 +1,6 @@
 """Critic-based PPO with a task critic and the LenVM length critic: ``LenVMPPOConfig`` and ``LenVMPPOTrainer``.
 
-TRL ≥ 1.13 has no PPOTrainer. This one is a thin subclass of :class:`~lenvm_rl.grpo.LenVMGRPOTrainer` (itself a
+TRL ≥ 1.13 has no PPOTrainer. This one is a thin subclass of :class:`~lenvm_rl.trainer.grpo.LenVMGRPOTrainer` (itself a
 thin subclass of TRL's ``GRPOTrainer``), so generation (vLLM included), reward functions, PEFT, DeepSpeed and the
 clipped policy loss stay TRL's. What changes is the task advantage: TRL's group-normalized ``(B,)`` advantage is
 **replaced** by token-level GAE over a learned task critic (the baseline is the critic, not the group mean)::
@@ -47,10 +47,10 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from .grpo import GRPOScriptArguments, LenVMGRPOConfig, LenVMGRPOTrainer, _check_vocabulary, run_grpo
-from .length_math import task_gae
-from .modeling import LengthValueConfig, LengthValueModel
-from .signals import terminated_mask
+from ..length_math import task_gae
+from ..modeling import LengthValueConfig, LengthValueModel
+from ..signals import terminated_mask
+from .grpo import LenVMGRPOConfig, LenVMGRPOTrainer, _check_vocabulary
 
 __all__ = ["LenVMPPOConfig", "LenVMPPOTrainer", "TASK_CRITIC_DIR"]
 
@@ -337,26 +337,3 @@ def _check_task_critic(critic: LengthValueModel, critic_tokenizer: Any, policy: 
             "unset, or point it at a critic built on the policy)"
         )
     _check_vocabulary(critic, critic_tokenizer, policy_tokenizer)
-
-
-# ---------------------------------------------------------------------- the `lenvm-rl ppo` job
-
-
-def _run(script_args: GRPOScriptArguments, args: LenVMPPOConfig, model_args: Any) -> None:
-    from .cli import end_job
-
-    trainer = run_grpo(script_args, args, model_args, trainer_class=LenVMPPOTrainer)
-    trainer.accelerator.print(f"policy saved to {args.output_dir}, task critic to {args.output_dir}/{TASK_CRITIC_DIR}")
-    end_job(trainer)
-
-
-def _register() -> None:
-    from trl import ModelConfig
-
-    from .cli import register
-
-    register("ppo", "Critic-based PPO (task critic GAE) with an optional LenVM length advantage, TRL-style recipe.",
-             (GRPOScriptArguments, LenVMPPOConfig, ModelConfig), _run)
-
-
-_register()

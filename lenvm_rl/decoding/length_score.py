@@ -16,7 +16,7 @@ and the **length score** (0 … 100), asymmetric because falling short is penali
 
 ``LD`` is a fraction here (the paper's definition); the benchmark reports deviations as percentages, so
 :func:`summarize_length_control` does too. LIFEBench counts words (characters for Chinese); these functions work in
-any unit — ``lenvm-rl eval-length-control`` feeds them token counts with EOS included, the unit of DESIGN.md §2.
+any unit — ``lenvm-rl eval-length-control`` feeds them token counts with EOS included, the unit of docs/method.md.
 Pure functions: no model, no tokenizer.
 """
 
@@ -33,6 +33,7 @@ __all__ = [
     "length_deviation",
     "length_score",
     "summarize_length_control",
+    "parse_constraints",
 ]
 
 CONSTRAINT_TYPES = ("equal_to", "at_most", "at_least")
@@ -141,3 +142,24 @@ def summarize_length_control(
         "mean_score": float(scores.mean()),
         "satisfied": float(satisfied.to(torch.float64).mean()),
     }
+
+
+def parse_constraints(spec: str) -> list[tuple[str, int]]:
+    """Parse ``"equal_to:16,at_most:32"`` into ``[("equal_to", 16), ("at_most", 32)]`` (names checked, T ≥ 1)."""
+    constraints = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.rpartition(":")
+        if not sep:
+            raise ValueError(f"constraint {item!r} must look like NAME:T with NAME in {', '.join(CONSTRAINT_TYPES)}")
+        try:
+            length = int(value)
+        except ValueError:
+            raise ValueError(f"constraint {item!r}: T must be an integer number of tokens") from None
+        if length < 1:
+            raise ValueError(f"constraint {item!r}: T must be ≥ 1 token (EOS counts)")
+        constraints.append((check_constraint(name), length))
+    if not constraints:
+        raise ValueError("no length constraints given")
+    return constraints
