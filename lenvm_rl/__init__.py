@@ -36,8 +36,10 @@ def _export(module: str, *names: str) -> None:
 _export(
     "length_math",
     "check_completion_mask", "check_gamma", "choose_gamma", "completion_lengths", "discounted_cumsum",
-    "length_advantages", "length_returns", "length_td_residuals", "length_to_value", "masked_mean", "masked_var",
-    "masked_whiten", "potential_shaping", "task_gae", "value_targets", "value_to_length",
+    "length_advantages", "length_outcome_statistics", "length_returns", "length_td_residuals", "length_to_value",
+    "masked_mean", "masked_var",
+    "masked_whiten", "normalize_length_credits", "potential_shaping", "relative_length_advantages",
+    "relative_length_credits", "task_gae", "value_targets", "value_to_length",
 )
 _export(
     "modeling",
@@ -72,6 +74,12 @@ _export(
 _export("decoding.prediction", "predict_length", "tokenize_prompts")
 _export("decoding.length_score", "length_deviation", "length_score", "summarize_length_control")
 _export("tiny", "build_tiny_tokenizer", "save_tiny_causal_lm", "tiny_decoder_config")
+_export("study.evaluate", "evaluate_policy")
+_export("study.methods", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "MethodSpec", "RunPlan", "check_method_options",
+        "plan_run")
+_export("study.stats", "accuracy_at_tokens", "paired_bootstrap", "pareto_frontier", "percentile_interval",
+        "tokens_at_accuracy")
+_export("rewards", "SelfNormalizedLengthPenalty")
 
 __all__ = sorted(_EXPORTS)
 
@@ -115,13 +123,17 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         completion_lengths,
         discounted_cumsum,
         length_advantages,
+        length_outcome_statistics,
         length_returns,
         length_td_residuals,
         length_to_value,
         masked_mean,
         masked_var,
         masked_whiten,
+        normalize_length_credits,
         potential_shaping,
+        relative_length_advantages,
+        relative_length_credits,
         task_gae,
         value_targets,
         value_to_length,
@@ -139,6 +151,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .rewards import (
         KimiLengthReward,
         LinearLengthPenalty,
+        SelfNormalizedLengthPenalty,
         TargetLengthReward,
         TokenBudgetReward,
         resolve_reward_function,
@@ -146,6 +159,23 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     )
     from .rollout import RolloutConfig, generate_rollouts, load_rollouts, sample_completions, save_rollouts
     from .signals import LengthCritic, LengthSignals, terminated_mask
+    from .study.evaluate import evaluate_policy
+    from .study.methods import (
+        METHODS,
+        SEQUENCE_LEVEL,
+        TOKEN_LEVEL,
+        MethodSpec,
+        RunPlan,
+        check_method_options,
+        plan_run,
+    )
+    from .study.stats import (
+        accuracy_at_tokens,
+        paired_bootstrap,
+        pareto_frontier,
+        percentile_interval,
+        tokens_at_accuracy,
+    )
     from .tiny import build_tiny_tokenizer, save_tiny_causal_lm, tiny_decoder_config
     from .trainer.critic import (
         LenVMConfig,

@@ -30,7 +30,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict-length": ("predict_length", "Predict each prompt's completion length at the prompt boundary."),
     "eval-length-control": ("eval_length_control", "Guided vs plain generation under length constraints "
                                                    "(LIFEBench score)."),
+    "study": ("study", "Compare length methods fairly: frontiers, seeds, bootstrap intervals, report and plots."),
     "demo": ("demo", "The concise-reasoning demo: a small fixed instance of the length-method study."),
+    "import-gguf": ("import_gguf", "Convert a GGUF checkpoint (or a packaged one) into a transformers directory."),
 }
 
 

@@ -35,6 +35,10 @@ __all__ = [
     "length_advantages",
     "task_gae",
     "potential_shaping",
+    "relative_length_credits",
+    "length_outcome_statistics",
+    "normalize_length_credits",
+    "relative_length_advantages",
     "masked_mean",
     "masked_var",
     "masked_whiten",
@@ -323,12 +327,192 @@ def potential_shaping(
     Over a terminated row ``Σ_t γ^t F_t = -Φ(s_0)`` (it telescopes), the same for every completion of a prompt,
     so adding ``β · F`` to the task reward leaves the task optimum unchanged (Ng et al., 1999) — for a frozen Φ.
 
+    ``gamma`` is the discount of the return the shaped reward enters, in (0, 1] (1 for the undiscounted task return
+    of critic PPO, whose optimum is then unchanged: ``Σ_t F_t = -Φ(s_0)``).
+
     Shapes: ``values`` ``(B, T+1)``, ``completion_mask`` ``(B, T)``, ``terminated`` ``(B,)`` → ``(B, T)``, zeros
     where the mask is 0.
     """
-    gamma = check_gamma(gamma)
+    gamma = float(gamma)
+    if not 0.0 < gamma <= 1.0 or math.isnan(gamma):
+        raise ValueError(f"gamma must lie in (0, 1], got {gamma!r}")
     current, following, mask = _next_values(values, completion_mask, terminated)
     return (gamma * following - current) * mask
+
+
+def _remaining_lengths(
+    values: Tensor, completion_mask: Tensor, gamma: float, terminated: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``l(s_t)`` and ``l(s_{t+1})`` (``(B, T)`` each, terminal state 0) and the float mask, in length space."""
+    gamma = check_gamma(gamma)
+    current, following, mask = _next_values(values, completion_mask, terminated)
+    # _next_values zeroes the terminal column; value 0 maps to length 0, so l(terminal) = 0 as it must.
+    return value_to_length(current, gamma) * mask, value_to_length(following, gamma) * mask, mask
+
+
+def relative_length_credits(
+    values: Tensor, completion_mask: Tensor, gamma: float, terminated: Tensor | None = None
+) -> Tensor:
+    """Per-token length credit in length space, relative to the prompt's expected length (scale-free):
+
+        c_t = (l(s_t) - 1 - l(s_{t+1})) / l(s_0),      l(V) = ln(1 + V) / ln γ,   l(terminal) = 0
+
+    ``c_t`` is the change token ``t`` made to the predicted total length, as a fraction of what the critic expected
+    for the prompt: 0 for a token that merely spends the one token it was expected to, positive when it brought the
+    end closer than expected. Over a terminated completion the credits telescope to ``Σ_t c_t = 1 - L / l(s_0)``
+    (``(l(s_0) - L) / max(l(s_0), 1)`` exactly),
+    the fraction of the expected length the completion saved (negative when it ran longer); a truncated row keeps
+    its bootstrap ``l(s_L)`` (``Σ_t c_t = 1 - (L + l(s_L)) / l(s_0)``). The same relative cut earns the same credit on
+    a 100-token and a 1,000-token prompt, and scaling every length by ``k`` (with ``γ → γ^(1/k)``) leaves the summed
+    credit of each decision unchanged. ``l(s_0)`` is clamped to at least one token (EOS).
+
+    Shapes: ``values`` ``(B, T+1)``, ``completion_mask`` ``(B, T)``, ``terminated`` ``(B,)`` → ``(B, T)``, exactly 0
+    where the mask is 0.
+    """
+    current, following, mask = _remaining_lengths(values, completion_mask, gamma, terminated)
+    expected = value_to_length(values[:, 0], gamma).clamp(min=1.0)
+    return (current - 1.0 - following) * mask / expected[:, None]
+
+
+def length_outcome_statistics(
+    outcomes: Tensor, passed: Tensor | None, group_size: int, scale: str = "batch", eps: float = 1e-4
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row statistics of sequence-level length outcomes ``S_i`` (``(N,)``) for :func:`normalize_length_credits`.
+
+    Rows come in groups of ``group_size`` consecutive rows (the completions of one prompt). Returns ``(baseline,
+    sigma, worst)``, each ``(N,)``: ``baseline`` the mean of ``S`` over the passing rows of the row's group (0 when none
+    passes); ``sigma`` the standard deviation of ``S - baseline`` over the passing rows of the whole batch
+    (``scale="batch"``), of the group (``"group"``), or 1 (``"none"``), plus ``eps``; ``worst`` the lowest passing
+    ``S`` of the group (0 when none passes). A multi-process trainer computes these on the gathered batch and hands
+    each process its rows.
+    """
+    if scale not in ("batch", "group", "none"):
+        raise ValueError(f"scale must be 'batch', 'group' or 'none', got {scale!r}")
+    rows = outcomes.shape[0]
+    if outcomes.dim() != 1:
+        raise ValueError(f"outcomes must be 1-D (N,), got shape {tuple(outcomes.shape)}")
+    if group_size < 1 or rows % group_size:
+        raise ValueError(f"{rows} rows do not split into groups of group_size={group_size}")
+    passed = torch.ones(rows, dtype=torch.bool, device=outcomes.device) if passed is None else passed.bool()
+    if passed.shape != (rows,):
+        raise ValueError(f"passed must have shape ({rows},), got {tuple(passed.shape)}")
+    weight = passed.to(outcomes.dtype).view(-1, group_size)
+    grouped = outcomes.view(-1, group_size)
+    count = weight.sum(dim=1, keepdim=True)
+    baseline = (grouped * weight).sum(dim=1, keepdim=True) / count.clamp(min=1.0)
+    centered = grouped - baseline
+    if scale == "none":
+        sigma = torch.ones_like(grouped)
+    elif scale == "batch":
+        variance = (centered.pow(2) * weight).sum() / (weight.sum() - 1.0).clamp(min=1.0)
+        sigma = variance.sqrt().expand_as(grouped)
+    else:
+        variance = (centered.pow(2) * weight).sum(dim=1, keepdim=True) / (count - 1.0).clamp(min=1.0)
+        sigma = variance.sqrt().expand_as(grouped)
+    worst = torch.where(weight > 0, grouped, torch.full_like(grouped, math.inf)).min(dim=1, keepdim=True).values
+    worst = torch.where(torch.isfinite(worst), worst, torch.zeros_like(worst))
+    expand = (lambda t: t.expand_as(grouped).flatten())  # noqa: E731
+    return expand(baseline), expand(sigma) + eps, expand(worst)
+
+
+def normalize_length_credits(
+    credits: Tensor,
+    completion_mask: Tensor,
+    group_size: int,
+    passed: Tensor | None = None,
+    scale: str = "batch",
+    placement: str = "token",
+    failed: str = "zero",
+    eps: float = 1e-4,
+    statistics: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Put per-token length credits in the units of GRPO's group-normalized task advantage.
+
+    With ``S_i = Σ_t c_{i,t}`` the sequence-level length outcome of row ``i`` and ``μ_g`` the mean of ``S`` over the
+    passing rows of its group (``group_size`` consecutive rows, one prompt), the normalized credits are
+
+        c'_{i,t} = (c_{i,t} - μ_g / L_i) / σ              ("token" placement: the critic decides where credit lands)
+        c'_{i,t} = ((S_i - μ_g) / σ) / L_i                  ("sequence" placement: the same total, spread evenly)
+
+    so that ``Σ_t c'_{i,t} = (S_i - μ_g) / σ`` either way: a completion one σ shorter than its passing siblings
+    earns +1 in total, as one σ more reward earns +1 of GRPO's task advantage. ``σ`` is the standard deviation of
+    ``S_i - μ_g`` over the passing rows of the whole batch (``scale="batch"``, as DLER normalizes rewards; tiny
+    differences stay tiny), of the group (``"group"``, TRL's default for rewards), or 1 (``"none"``); ``eps`` guards a
+    zero σ as TRL's ``1e-4`` does. The "sequence" placement is the ablation that removes token-level credit
+    assignment and keeps everything else.
+
+    Rows that did not pass (``passed`` False) get no credit with ``failed="zero"``; with ``failed="worst"`` they get
+    the least favourable outcome ``min(S_i, min_{passing j in group} S_j)`` (``min(S_i, 0)`` in a group with no
+    passing row), centered and scaled like the others and spread evenly, so they are never paid for being short.
+
+    ``statistics``: per-row ``(baseline, sigma, worst)`` from :func:`length_outcome_statistics`, when the groups and the
+    batch span more rows than ``credits`` holds (several processes); then ``group_size`` and ``scale`` are not used.
+
+    Shapes: ``credits``/``completion_mask`` ``(N, T)``, ``passed`` ``(N,)`` bool (``None``: all pass) → ``(N, T)``,
+    exactly 0 where the mask is 0.
+    """
+    if placement not in ("token", "sequence"):
+        raise ValueError(f"placement must be 'token' or 'sequence', got {placement!r}")
+    if failed not in ("zero", "worst"):
+        raise ValueError(f"failed must be 'zero' or 'worst', got {failed!r}")
+    if credits.shape != completion_mask.shape:
+        raise ValueError(f"credits {tuple(credits.shape)} and completion_mask {tuple(completion_mask.shape)} differ")
+    rows = credits.shape[0]
+    mask = completion_mask.to(credits.dtype)
+    passed = torch.ones(rows, dtype=torch.bool, device=credits.device) if passed is None else passed.bool()
+    if passed.shape != (rows,):
+        raise ValueError(f"passed must have shape ({rows},), got {tuple(passed.shape)}")
+    outcome = (credits * mask).sum(dim=1)
+    if statistics is None:
+        statistics = length_outcome_statistics(outcome, passed, group_size, scale, eps)
+    baseline, sigma, worst_passing = (t.to(credits.dtype) for t in statistics)
+    if baseline.shape != (rows,) or sigma.shape != (rows,) or worst_passing.shape != (rows,):
+        raise ValueError(f"statistics must be three ({rows},) tensors, one entry per row of credits")
+    lengths = mask.sum(dim=1).clamp(min=1.0)
+    weight = passed.to(credits.dtype)
+    if placement == "token":
+        normalized = (credits - (baseline / lengths)[:, None] * mask) / sigma[:, None]
+    else:
+        normalized = ((outcome - baseline) / sigma / lengths)[:, None] * mask
+    normalized = normalized * weight[:, None]
+    if failed == "worst":
+        worst = torch.minimum(outcome, worst_passing)
+        failed_rows = ((worst - baseline) / sigma / lengths)[:, None] * mask
+        normalized = normalized + failed_rows * (1.0 - weight)[:, None]
+    return normalized * mask
+
+
+def relative_length_advantages(
+    values: Tensor,
+    completion_mask: Tensor,
+    gamma: float,
+    group_size: int,
+    lam: float = 1.0,
+    terminated: Tensor | None = None,
+    passed: Tensor | None = None,
+    scale: str = "batch",
+    placement: str = "token",
+    failed: str = "zero",
+) -> Tensor:
+    """The scale-free length advantage: GAE (discount 1 in length space, ``λ``) over the normalized credits of
+    :func:`normalize_length_credits` applied to :func:`relative_length_credits`::
+
+        A_t = Σ_k λ^k c'_{t+k}
+
+    With λ = 1, ``A_0`` is the completion's normalized length outcome ``(S_i - μ_g) / σ`` and ``A_t`` the part of it
+    still to be decided after token ``t``; with λ = 0, ``A_t = c'_t``, the credit of token ``t`` alone. ``length_coef
+    = 1`` therefore means: a completion one (batch) standard deviation shorter than its passing siblings earns as
+    much, summed over its decisions, as one standard deviation of task reward earns in GRPO.
+
+    Shapes: ``values`` ``(N, T+1)``, ``completion_mask`` ``(N, T)``, ``terminated``/``passed`` ``(N,)`` → ``(N, T)``.
+    All ``N`` rows must be present (the groups and the batch statistics span them); under several processes gather
+    first and slice after.
+    """
+    if not 0.0 <= float(lam) <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1], got {lam!r}")
+    credits = relative_length_credits(values, completion_mask, gamma, terminated)
+    normalized = normalize_length_credits(credits, completion_mask, group_size, passed, scale, placement, failed)
+    return discounted_cumsum(normalized, completion_mask, float(lam))
 
 
 def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

@@ -18,6 +18,7 @@ __all__ = [
     "KimiLengthReward",
     "TargetLengthReward",
     "TokenBudgetReward",
+    "SelfNormalizedLengthPenalty",
     "resolve_reward_function",
     "resolve_reward_functions",
 ]
@@ -141,6 +142,53 @@ class TokenBudgetReward:
         task = self.task_reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
         return [reward if length <= self.budget else 0.0 for reward, length in
                 zip(task, _lengths(completion_ids), strict=True)]
+
+
+class SelfNormalizedLengthPenalty:
+    """The correctness-gated, per-prompt self-normalized length penalty of Arora & Zanette (2025, "Training language
+    models to reason efficiently"): a correct completion of length ``L`` earns
+
+        r = -coef · sigmoid((L - mean_L) / std_L)
+
+    where ``mean_L`` and ``std_L`` are over the *correct* completions of the same prompt in the batch; a wrong one
+    earns 0. Added to a 0/1 correctness reward this is their ``1{correct} · (1 - α σ(...))`` with ``α = coef``: the
+    shortest correct answers of each prompt are preferred, wrong answers are never paid for being short, and the
+    penalty is relative to what the prompt needs. ``std_L = 0`` (one correct completion, or all of one length) gives
+    ``sigmoid(0)``: the same penalty for every correct completion of that prompt, i.e. no length preference.
+
+    ``correctness`` is a reward function returning 1 for correct and 0 for wrong (called with the same arguments).
+    Groups are the completions of equal prompts within one call (as for :class:`KimiLengthReward`).
+    """
+
+    __name__ = "self_normalized_length_penalty"
+
+    def __init__(self, correctness: RewardFunction, coef: float = 0.2, threshold: float = 0.5):
+        if not callable(correctness):
+            raise ValueError("correctness must be a reward function returning 1 (correct) or 0 (wrong)")
+        if not math.isfinite(coef) or coef < 0:
+            raise ValueError(f"coef must be a finite number ≥ 0, got {coef!r}")
+        self.correctness, self.coef, self.threshold = correctness, float(coef), float(threshold)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+                 **kwargs: Any) -> list[float]:
+        correct = self.correctness(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        passed = [c is not None and c >= self.threshold for c in correct]
+        lengths = _lengths(completion_ids)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, prompt in enumerate(prompts):
+            groups[repr(prompt)].append(index)
+        rewards = [0.0] * len(lengths)
+        for members in groups.values():
+            good = [lengths[i] for i in members if passed[i]]
+            if not good:
+                continue
+            mean = sum(good) / len(good)
+            std = math.sqrt(sum((x - mean) ** 2 for x in good) / len(good))
+            for i in members:
+                if passed[i]:
+                    z = (lengths[i] - mean) / std if std > 0 else 0.0
+                    rewards[i] = -self.coef / (1.0 + math.exp(-z))
+        return rewards
 
 
 def resolve_reward_function(name: str) -> RewardFunction:

@@ -1,5 +1,17 @@
-"""The built-in concise-reasoning task: sums of digit lists, verifiable exactly, where reasoning length trades
+"""The built-in concise-reasoning tasks: sums of digit lists, verifiable exactly, where reasoning length trades
 against accuracy.
+
+**Checked sums** (the length-method study's task, :func:`format_completion`): a completion is built from two
+decisions, one of them taken in the middle of it::
+
+    [trace " "] "=" answer [" check " t1 "+" t2 ... "=" answer] EOS
+
+The *trace* (running sums, decided at the first token) pays off on long lists only; the *check* after the answer
+(decided once the answer is written) never changes it — the reward reads the first standalone ``=N`` — so it is pure
+waste on every prompt. :func:`warmup_probabilities` gives the prompt-dependent rates at which the warm-up data uses
+each, and :func:`ideal_completion` the policy that reasons only where it pays and never checks.
+
+**Plain sums** (the original demo task):
 
 A prompt is ``"add 3 5 7 2"``; the answer is the sum. A *terse* completion states it directly (``"=17"``); a
 *verbose* one writes the running sums first (``"3+5=8 8+7=15 15+2=17 =17"``). For a small model, two digits are
@@ -22,8 +34,15 @@ __all__ = [
     "make_problems",
     "format_prompt",
     "format_trace",
+    "format_completion",
     "parse_answer",
+    "first_answer",
     "arithmetic_correctness",
+    "checked_sum_correctness",
+    "completion_structure",
+    "warmup_probabilities",
+    "ideal_completion",
+    "TRACE_PAYS_FROM",
     "gsm8k_correctness",
     "REWARD_FUNCTIONS",
 ]
@@ -98,6 +117,70 @@ def arithmetic_correctness(completions: list[Any], answer: list[Any], **kwargs: 
     return rewards
 
 
+# ---------------------------------------------------------------------------------------------------- checked sums
+
+_FIRST_ANSWER = re.compile(r"(?:^|\s)=(-?\d+)(?=\s|$)")
+# Two digits are easy to add at once; from three terms on, writing the running sums is what keeps a small model right.
+TRACE_PAYS_FROM = 3
+
+
+def format_completion(problem: Problem, trace: bool, check: bool) -> str:
+    """A checked-sums completion (without EOS): ``[trace " "] "=" answer [" check " terms "=" answer]``.
+
+    ``format_completion(Problem((3, 5, 7)), True, True) == "3+5=8 8+7=15 =15 check 3+5+7=15"``.
+    """
+    text = f"={problem.answer}"
+    if trace:
+        text = format_trace(problem, verbose=True)
+    if check:
+        text += " check " + "+".join(str(t) for t in problem.terms) + f"={problem.answer}"
+    return text
+
+
+def first_answer(completion: Any) -> int | None:
+    """The answer of a checked-sums completion: the integer of the first standalone ``=N`` (``=`` at the start or
+    after whitespace, ``N`` followed by whitespace or the end). Trace steps (``3+5=8``) and a check after the answer
+    never count. ``None`` if there is none."""
+    if not isinstance(completion, str):
+        return None
+    match = _FIRST_ANSWER.search(completion)
+    return int(match.group(1)) if match else None
+
+
+def checked_sum_correctness(completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float]:
+    """TRL reward function of the checked-sums task: 1.0 when :func:`first_answer` equals the ``answer`` column,
+    else 0.0. Whatever follows the answer (a check, or junk) cannot change the reward."""
+    rewards = []
+    for completion, expected in zip(completions, answer, strict=True):
+        parsed = first_answer(_completion_text(completion))
+        rewards.append(1.0 if parsed is not None and parsed == int(expected) else 0.0)
+    return rewards
+
+
+def completion_structure(completion: Any) -> dict[str, bool]:
+    """Which segments a checked-sums completion holds: ``{"trace": ..., "check": ...}`` (a trace is any ``a+b=c``
+    before the answer; a check is the word ``check`` after it)."""
+    text = _completion_text(completion)
+    match = _FIRST_ANSWER.search(text)
+    before, after = (text[: match.start()], text[match.end():]) if match else (text, "")
+    return {"trace": bool(re.search(r"\d\+\d", before)), "check": "check" in after}
+
+
+def warmup_probabilities(problem: Problem) -> dict[str, float]:
+    """How often the warm-up data writes each segment for ``problem``: the trace more often on longer lists
+    (``0.25 + 0.1 (d - 2)``, from 0.25 at two terms to 0.65 at six: wasted on short lists, too rare on long ones), the
+    check at a rate set by the first term's parity (0.6 odd, 0.2 even), unrelated to difficulty."""
+    return {"trace": 0.25 + 0.1 * (problem.difficulty - 2), "check": 0.6 if problem.terms[0] % 2 else 0.2}
+
+
+def ideal_completion(problem: Problem) -> str:
+    """What a policy that reasons only where it pays and never checks writes: the trace from
+    :data:`TRACE_PAYS_FROM` terms on, never the check."""
+    return format_completion(problem, trace=problem.difficulty >= TRACE_PAYS_FROM, check=False)
+
+
+# ---------------------------------------------------------------------------------------------------- GSM8K
+
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
@@ -123,4 +206,8 @@ def gsm8k_correctness(completions: list[Any], answer: list[str], **kwargs: Any) 
     return rewards
 
 
-REWARD_FUNCTIONS = {"arithmetic_correctness": arithmetic_correctness, "gsm8k_correctness": gsm8k_correctness}
+REWARD_FUNCTIONS = {
+    "arithmetic_correctness": arithmetic_correctness,
+    "checked_sum_correctness": checked_sum_correctness,
+    "gsm8k_correctness": gsm8k_correctness,
+}

@@ -13,9 +13,8 @@ from lenvm_rl import (
     LengthValueModel,
     LenVMGRPOConfig,
     LenVMGRPOTrainer,
-    discounted_cumsum,
     length_advantages,
-    potential_shaping,
+    relative_length_advantages,
 )
 from lenvm_rl.tiny import build_tiny_tokenizer, save_tiny_causal_lm
 
@@ -66,7 +65,7 @@ def test_none_mode_reproduces_grpo_bit_for_bit(tiny_model_dir, prompts, tmp_path
 def test_token_advantages_match_the_math_module(make_constant_critic, tiny_model_dir, prompts, tmp_path):
     value = -0.4
     args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_mode="advantage", length_coef=2.0,
-                           length_lam=0.8, length_gate="none", **COMMON)
+                           length_lam=0.8, length_gate="none", length_units="value", **COMMON)
     trainer = LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=constant_reward, args=args,
                                train_dataset=prompts, critic=make_constant_critic(value),
                                critic_processing_class=build_tiny_tokenizer())
@@ -86,9 +85,10 @@ def test_token_advantages_match_the_math_module(make_constant_critic, tiny_model
         assert output["advantages"][short, 0] > output["advantages"][long, 0]
 
 
-def test_shaping_mode_uses_accumulated_potential_differences(tiny_model_dir, prompts, tmp_path):
-    args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_mode="shaping", length_coef=0.5,
-                           shaping_lam=0.5, **COMMON)
+def test_relative_token_advantages_match_the_math_module(tiny_model_dir, prompts, tmp_path):
+    args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_coef=1.5, length_lam=0.5, length_gate="none",
+                           **COMMON)
+    torch.manual_seed(0)
     critic = LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9)
     trainer = LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=constant_reward, args=args,
                                train_dataset=prompts, critic=critic, critic_processing_class=build_tiny_tokenizer())
@@ -98,14 +98,17 @@ def test_shaping_mode_uses_accumulated_potential_differences(tiny_model_dir, pro
     terminated = ((ids == trainer.processing_class.eos_token_id) & mask.bool()).any(dim=1)
     with torch.no_grad():
         values = critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids, mask)
-    expected = discounted_cumsum(potential_shaping(values, mask, 0.9, terminated), mask, 0.9 * 0.5)
-    torch.testing.assert_close(output["advantages"], 0.5 * expected, atol=1e-5, rtol=1e-5)
+    expected = relative_length_advantages(values, mask, 0.9, group_size=4, lam=0.5, terminated=terminated)
+    # constant task reward: every group-normalized task advantage is 0, so A = s · A_len exactly
+    torch.testing.assert_close(output["advantages"], 1.5 * expected, atol=1e-5, rtol=1e-5)
+    logged = trainer._metrics["train" if trainer.model.training else "eval"]
+    assert "length/outcome_mean" in logged and "length/outcome_scale" in logged
 
 
 def test_gate_pays_length_credit_only_to_successful_completions(make_constant_critic, tiny_model_dir, prompts,
                                                                 tmp_path):
     args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_mode="advantage", length_coef=1.0,
-                           length_gate="success", length_gate_threshold=1.0, **COMMON)
+                           length_gate="success", length_gate_threshold=1.0, length_units="value", **COMMON)
     trainer = LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=parity_reward, args=args,
                                train_dataset=prompts, critic=make_constant_critic(-0.5),
                                critic_processing_class=build_tiny_tokenizer())
@@ -145,7 +148,11 @@ def test_strong_length_coef_shortens_completions(tiny_model_dir, critic_dir, pro
     "overrides, error, message",
     [
         ({"length_coef": float("nan")}, ValueError, "length_coef"),
-        ({"length_mode": "shaping", "critic_refresh": True}, ValueError, "refused in shaping mode"),
+        ({"length_mode": "shaping"}, ValueError, "not a GRPO mode"),
+        ({"length_units": "tokens"}, ValueError, "length_units"),
+        ({"length_scale": "prompt"}, ValueError, "length_scale"),
+        ({"length_gate_failed": "half"}, ValueError, "length_gate_failed"),
+        ({"length_gate_reward_funcs": []}, ValueError, "length_gate_reward_funcs is empty"),
         ({"critic_model_name_or_path": "/no/such/critic"}, FileNotFoundError, "does not exist"),
         ({"length_mode": "sideways"}, ValueError, "length_mode"),
         ({"length_gate": "maybe"}, ValueError, "length_gate"),
@@ -207,3 +214,93 @@ def test_online_refresh_moves_the_critic_toward_realized_lengths(tiny_model_dir,
     trainer.train()
     losses = [e["critic/refresh_loss"] for e in trainer.state.log_history if "critic/refresh_loss" in e]
     assert len(losses) == 6 and losses[-1] < 0.7 * losses[0], losses
+
+
+def format_reward(completions, **kwargs):
+    """Pays every completion that is not empty: wrong but well-formatted answers pass a gate on the summed reward."""
+    return [1.0 if c.strip() else 0.0 for c in completions]
+
+
+def test_gate_reads_only_the_correctness_reward_functions(make_constant_critic, tiny_model_dir, prompts, tmp_path):
+    args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_gate_threshold=1.0,
+                           length_gate_reward_funcs=["parity_reward"], **COMMON)
+    trainer = LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=[parity_reward, format_reward], args=args,
+                               train_dataset=prompts, critic=make_constant_critic(-0.5),
+                               critic_processing_class=build_tiny_tokenizer())
+    assert trainer.gate_reward_indices == [0]
+    rows = [{"prompt": prompts[i]["prompt"]} for i in range(2) for _ in range(4)]
+    trainer._generate_and_score_completions(rows)
+    rewards = trainer._last_rewards_per_func
+    passed = trainer._gate(8, "train")
+    assert passed.tolist() == (rewards[:, 0] >= 1.0).tolist()
+    # the summed reward would have let every non-empty (wrong) completion through
+    assert bool(((rewards.sum(dim=1) >= 1.0) & ~passed).any())
+    args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_gate_reward_funcs=["no_such_reward"],
+                           **COMMON)
+    with pytest.raises(ValueError, match="'no_such_reward' is not one of the reward functions"):
+        LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=[parity_reward, format_reward], args=args,
+                         train_dataset=prompts, critic=make_constant_critic(-0.5),
+                         critic_processing_class=build_tiny_tokenizer())
+
+
+def never_correct(completions, **kwargs):
+    return [0.0] * len(completions)
+
+
+def test_gate_that_never_passes_warns(make_constant_critic, tiny_model_dir, prompts, tmp_path):
+    args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=5, **{**COMMON, "per_device_train_batch_size": 4})
+    trainer = LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=never_correct, args=args,
+                               train_dataset=prompts, critic=make_constant_critic(-0.5),
+                               critic_processing_class=build_tiny_tokenizer())
+    with pytest.warns(UserWarning, match="no completion has passed the length gate for 5 generation batches"):
+        trainer.train()
+    fractions = [e["length/gate_pass_fraction"] for e in trainer.state.log_history if "length/gate_pass_fraction" in e]
+    assert fractions and max(fractions) == 0.0
+
+
+@pytest.mark.parametrize(
+    "overrides, ignored",
+    [
+        ({"length_units": "relative", "whiten_length_advantages": True}, ["whiten_length_advantages"]),
+        ({"length_units": "value", "length_credit": "sequence"}, ["length_credit"]),
+        ({"length_units": "value", "length_scale": "group"}, ["length_scale"]),
+        ({"length_gate": "none", "length_gate_threshold": 0.5}, ["length_gate_threshold"]),
+        ({"length_gate": "none", "length_gate_failed": "worst"}, ["length_gate_failed"]),
+        ({"length_gate": "none", "length_gate_reward_funcs": ["x"]}, ["length_gate_reward_funcs"]),
+        ({"critic_learning_rate": 1e-3}, ["critic_learning_rate"]),
+        ({"length_coef_warmup_steps": 10}, ["length_coef_warmup_steps"]),
+    ],
+)
+def test_options_a_mode_ignores_are_refused(tmp_path, overrides, ignored):
+    with pytest.raises(ValueError, match="not used with length_mode='advantage'") as error:
+        LenVMGRPOConfig(output_dir=str(tmp_path), **{**COMMON, **overrides})
+    for name in ignored:
+        assert name in str(error.value)
+
+
+def test_none_mode_warns_about_the_options_it_ignores(tmp_path):
+    with pytest.warns(UserWarning, match=r"ignores length_coef=3\.0, length_units='value'"):
+        LenVMGRPOConfig(output_dir=str(tmp_path), length_mode="none", length_coef=3.0, length_units="value", **COMMON)
+    config = LenVMGRPOConfig(output_dir=str(tmp_path), length_mode="none", **COMMON)
+    assert config.ignored_options() == []
+
+
+def test_critic_scores_in_eval_mode_even_with_dropout(tmp_path, prompts):
+    """A GPT-2 backbone has dropout; in refresh mode the critic used to score its first batch in train mode."""
+    policy = save_tiny_causal_lm(tmp_path / "gpt2", "gpt2", seed=0)
+    torch.manual_seed(0)
+    critic = LengthValueModel.from_backbone(policy, gamma=0.9)
+    assert critic.backbone.config.resid_pdrop > 0
+    args = LenVMGRPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, critic_refresh=True,
+                           critic_learning_rate=1e-3, **COMMON)
+    trainer = LenVMGRPOTrainer(model=str(policy), reward_funcs=constant_reward, args=args, train_dataset=prompts,
+                               critic=critic, critic_processing_class=build_tiny_tokenizer())
+    batch = build_tiny_tokenizer()(["add: 1 2", "add: 3 4"], padding=True, padding_side="left", return_tensors="pt")
+    completion = torch.tensor([[20, 21, 1], [22, 1, 0]])
+    completion_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    unwrap = trainer.critic
+    unwrap.train()  # as a refresh step leaves it if anything goes wrong
+    first = trainer.score_lengths(batch["input_ids"], batch["attention_mask"], completion, completion_mask)
+    second = trainer.score_lengths(batch["input_ids"], batch["attention_mask"], completion, completion_mask)
+    assert torch.equal(first, second)
+    assert not unwrap.training

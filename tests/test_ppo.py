@@ -10,7 +10,14 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from lenvm_rl import LengthValueModel, LenVMPPOConfig, LenVMPPOTrainer, length_advantages, task_gae
+from lenvm_rl import (
+    LengthValueModel,
+    LenVMPPOConfig,
+    LenVMPPOTrainer,
+    length_advantages,
+    potential_shaping,
+    task_gae,
+)
 from lenvm_rl.cli import main
 from lenvm_rl.tiny import build_tiny_tokenizer, save_tiny_causal_lm
 
@@ -86,7 +93,7 @@ def test_task_gae_generalizes_the_length_advantage():
 def test_advantages_are_task_gae_plus_the_length_term(make_constant_critic, tiny_model_dir, prompts, tmp_path):
     args = LenVMPPOConfig(output_dir=str(tmp_path), max_steps=1, gamma_task=0.95, lam_task=0.8,
                           whiten_task_advantages=False, **{**COMMON, "length_mode": "advantage"},
-                          length_coef=2.0, length_lam=0.9, length_gate="none")
+                          length_coef=2.0, length_lam=0.9, length_gate="none", length_units="value")
     trainer = LenVMPPOTrainer(model=str(tiny_model_dir), reward_funcs=digit_fraction_reward, args=args,
                               train_dataset=prompts, critic=make_constant_critic(-0.4),
                               critic_processing_class=build_tiny_tokenizer())
@@ -114,6 +121,42 @@ def test_advantages_are_task_gae_plus_the_length_term(make_constant_critic, tiny
     length_term, _ = length_advantages(torch.full(values.shape, -0.4), mask, 0.9, 0.9, terminated)
     assert output["advantages"].shape == mask.shape
     torch.testing.assert_close(output["advantages"], task + 2.0 * length_term, atol=1e-5, rtol=1e-5)
+
+
+def test_shaping_enters_the_rewards_before_the_task_gae_and_telescopes(tiny_model_dir, prompts, tmp_path):
+    args = LenVMPPOConfig(output_dir=str(tmp_path), max_steps=1, gamma_task=1.0, lam_task=0.9,
+                          whiten_task_advantages=False, **{**COMMON, "length_mode": "shaping"}, length_coef=0.5)
+    torch.manual_seed(0)
+    critic = LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9)
+    trainer = LenVMPPOTrainer(model=str(tiny_model_dir), reward_funcs=digit_fraction_reward, args=args,
+                              train_dataset=prompts, critic=critic, critic_processing_class=build_tiny_tokenizer())
+    rows = [{"prompt": prompts[i]["prompt"]} for i in range(2) for _ in range(4)]
+    trainer.model.eval()  # no critic update: the values below are the ones the GAE used
+    output = trainer._generate_and_score_completions(rows)
+    ids, mask = output["completion_ids"], output["completion_mask"]
+    terminated = ((ids == trainer.processing_class.eos_token_id) & mask.bool()).any(dim=1)
+    with torch.no_grad():
+        task_values = trainer.task_critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids,
+                                                                 mask, read="logits")
+        potential = critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids, mask)
+    texts = trainer.processing_class.batch_decode([i[m.bool()] for i, m in zip(ids, mask, strict=True)],
+                                                  skip_special_tokens=True)
+    lengths = mask.sum(dim=1)
+    rewards = torch.zeros(mask.shape)
+    rewards[torch.arange(8), lengths - 1] = torch.tensor(digit_fraction_reward(texts))
+    rewards *= terminated[:, None]
+    shaping = potential_shaping(potential, mask, 1.0, terminated)
+    expected, _ = task_gae(task_values, rewards + 0.5 * shaping, mask, 1.0, 0.9, terminated)
+    torch.testing.assert_close(output["advantages"], expected, atol=1e-5, rtol=1e-5)
+    # with γ_task = 1 the shaping of a terminated completion sums to -Φ(s_0): no completion of a prompt gains by
+    # being shorter or longer, so the task optimum is unchanged
+    done = terminated.nonzero().flatten()
+    assert len(done) > 0
+    torch.testing.assert_close(shaping[done].sum(dim=1), -potential[done, 0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="length_gate='success'.*not used with length_mode='shaping'"):
+        LenVMPPOConfig(output_dir=str(tmp_path), **{**COMMON, "length_mode": "shaping"}, length_gate="success")
+    with pytest.raises(ValueError, match="refused in shaping mode"):
+        LenVMPPOConfig(output_dir=str(tmp_path), **{**COMMON, "length_mode": "shaping"}, critic_refresh=True)
 
 
 def test_warmup_zeroes_the_policy_advantages(tiny_model_dir, prompts, tmp_path):
@@ -281,7 +324,8 @@ def test_startup_errors_come_before_generation(tiny_model_dir, prompts, tmp_path
 # ---------------------------------------------------------------------- the recipe
 
 
-def test_ppo_recipe_with_the_tiny_override(tmp_path, tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b_gsm8k_lenvm_ppo", "qwen2.5-0.5b_gsm8k_lenvm_shaping"])
+def test_ppo_recipe_with_the_tiny_override(tmp_path, tiny_model_dir, monkeypatch, name):
     import shutil
 
     from test_recipes import ROOT, tiny_grpo_override
@@ -290,7 +334,7 @@ def test_ppo_recipe_with_the_tiny_override(tmp_path, tiny_model_dir, monkeypatch
     shutil.copytree(tiny_model_dir, tmp_path / "runs" / "tiny-policy")
     monkeypatch.chdir(tmp_path)
     output_dir = tmp_path / "runs" / "ppo"
-    recipe = ROOT / "recipes" / "ppo" / "qwen2.5-0.5b_gsm8k_lenvm_ppo.yaml"
+    recipe = ROOT / "recipes" / "ppo" / f"{name}.yaml"
     assert main(["ppo", "--config", str(recipe), *tiny_grpo_override(tmp_path), "--critic_warmup_steps", "1",
                  "--task_critic_batch_size", "2", "--output_dir", str(output_dir)]) == 0
     assert (output_dir / "adapter_config.json").exists()  # LoRA policy saved as an adapter

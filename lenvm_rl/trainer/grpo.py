@@ -1,30 +1,47 @@
 """GRPO with a LenVM critic: ``LenVMGRPOConfig`` and ``LenVMGRPOTrainer``, thin subclasses of TRL's GRPO.
 
-TRL's GRPO gives every token of a completion the same group-normalized advantage ``A_task``. Here the frozen
-critic adds per-token length credit (docs/method.md):
+TRL's GRPO gives every token of a completion the same group-normalized advantage ``A_task``. Here a frozen LenVM
+critic adds per-token length credit (docs/method.md)::
 
-* ``length_mode="advantage"``: ``A_t = A_task + s · g · A_len_t`` with ``A_len`` the GAE (``γ`` of the critic,
-  ``length_lam``) of ``δ_t = -(1-γ) + γV(s_{t+1}) - V(s_t)``; ``s`` = ``length_coef`` (optionally scheduled) and
-  ``g`` the gate: 1, or — with ``length_gate="success"`` — 1 only for completions whose task reward reaches
-  ``length_gate_threshold`` (the correct ones for 0/1 rewards), so a wrong answer is never paid for being short.
-  ``s > 0`` prefers shorter continuations.
-* ``length_mode="shaping"``: ``A_t = A_task + β · Σ_k (γλ_s)^k F_{t+k}`` with ``F_t = γΦ(s_{t+1}) - Φ(s_t)``,
-  ``Φ = V`` frozen, ``Φ(terminal) = 0``; ``β`` = ``length_coef`` and ``λ_s`` = ``shaping_lam``. With ``λ_s = 1``
-  the term is ``-βΦ(s_t)``, a pure state baseline: the task optimum is unchanged. With ``λ_s = 0`` it is the
-  one-step progress signal ``βF_t``: credit for tokens that bring the end closer, which does bias the policy
-  toward shortness. Intermediate values interpolate.
-* ``length_mode="none"``: exactly TRL's GRPO (no critic is loaded; the losses match ``GRPOTrainer`` bit for bit).
+    A_t = A_task + s · g · A_len_t                      (length_mode="advantage")
+
+``s`` = ``length_coef`` (optionally scheduled; ``s > 0`` prefers shorter continuations) and ``g`` the gate: with
+``length_gate="success"`` (the default) only completions whose *correctness* reward functions
+(``length_gate_reward_funcs``, default the first reward function) reach ``length_gate_threshold`` get length credit,
+so a wrong answer is never paid for being short; failed completions get nothing (``length_gate_failed="zero"``) or the
+least favourable length outcome of their group (``"worst"``).
+
+``A_len`` comes in two units:
+
+* ``length_units="relative"`` (default, scale-free): per-token credit ``c_t = (l(s_t) - 1 - l(s_{t+1})) / l(s_0)`` in
+  length space (``l = ln(1 + V) / ln γ``), which telescopes to ``1 - L / l(s_0)``, the fraction of the prompt's
+  expected length the completion saved; centered on the group's passing completions and divided by the batch's
+  standard deviation of that outcome (``length_scale``), then GAE with discount 1 and ``length_lam``. ``s = 1``
+  means: one standard deviation shorter than its passing siblings earns, summed over the tokens that decided it,
+  what one standard deviation of task reward earns. ``length_credit="sequence"`` spreads the same total evenly over
+  the completion's tokens (the ablation that removes token-level credit assignment).
+* ``length_units="value"`` (v1): GAE (``γ`` of the critic, ``length_lam``) of the value-space residual
+  ``δ_t = -(1-γ) + γV(s_{t+1}) - V(s_t)``, optionally whitened over gated tokens. Under an automatic γ values saturate
+  near -1 for long completions, so the same ``s`` means different things on different tasks.
+
+``length_mode="none"`` is exactly TRL's GRPO (no critic is loaded; the losses match ``GRPOTrainer`` bit for bit).
+There is no shaping mode in GRPO: potential-based shaping added to GRPO's advantages is the λ=0 length advantage
+plus a constant ``1-γ`` per token; real shaping (before a learned task critic's GAE) is in
+:class:`~lenvm_rl.trainer.ppo.LenVMPPOTrainer`.
 
 The seam is ``_generate_and_score_completions``: after TRL has generated, scored and normalized, the critic runs
 once on the completions TRL produced and the ``(B,)`` advantages become ``(B, T)`` ones, which TRL's loss accepts.
-``_calculate_rewards`` is wrapped to remember the task rewards for the gate. Both are private TRL methods, so the
-TRL range is pinned in ``pyproject.toml`` and ``tests/test_grpo.py`` checks the seam.
+``_calculate_rewards`` is wrapped to remember the per-function rewards for the gate. Both are private TRL methods, so
+the TRL range is pinned in ``pyproject.toml`` and ``tests/test_grpo.py`` checks the seam.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -35,17 +52,42 @@ import torch
 from torch import Tensor
 from trl import GRPOConfig, GRPOTrainer
 
-from ..data import check_same_tokenizer, tokenizer_fingerprint
-from ..length_math import check_gamma, value_targets
+from ..data import check_local_path, check_same_tokenizer, tokenizer_fingerprint
+from ..length_math import (
+    check_gamma,
+    discounted_cumsum,
+    length_advantages,
+    length_outcome_statistics,
+    normalize_length_credits,
+    relative_length_credits,
+    value_targets,
+    value_to_length,
+)
 from ..modeling import LengthValueModel, unwrap_critic
-from ..signals import LengthCritic
+from ..signals import LengthCritic, terminated_mask
 
-__all__ = ["LenVMGRPOConfig", "LenVMGRPOTrainer", "LENGTH_MODES", "LENGTH_GATES"]
+__all__ = ["LenVMGRPOConfig", "LenVMGRPOTrainer", "LENGTH_MODES", "LENGTH_GATES", "LENGTH_UNITS"]
 
-LENGTH_MODES = ("advantage", "shaping", "none")
+logger = logging.getLogger(__name__)
+
+LENGTH_MODES = ("advantage", "none")
 LENGTH_GATES = ("none", "success")
+LENGTH_UNITS = ("relative", "value")
+LENGTH_CREDITS = ("token", "sequence")
+LENGTH_SCALES = ("batch", "group", "none")
+GATE_FAILED = ("zero", "worst")
 COEF_SCHEDULES = ("constant", "linear_warmup")
 CRITIC_ZERO3_MODES = ("shard", "replicate")
+# consecutive generation batches with no passing completion before the gate warns
+GATE_PATIENCE = 5
+
+# Options each mode does not read (a non-default value is refused, or warned about in mode 'none').
+_CRITIC_OPTIONS = ("critic_model_name_or_path", "critic_gamma", "critic_dtype", "critic_batch_size", "critic_zero3",
+                   "critic_refresh", "critic_learning_rate")
+_LENGTH_OPTIONS = ("length_coef", "length_coef_schedule", "length_coef_warmup_steps", "length_lam", "length_units",
+                   "length_credit", "length_scale", "length_gate", "length_gate_reward_funcs", "length_gate_threshold",
+                   "length_gate_failed", "whiten_length_advantages")
+_GATE_DETAILS = ("length_gate_reward_funcs", "length_gate_threshold", "length_gate_failed")
 
 
 @dataclass
@@ -54,8 +96,8 @@ class LenVMGRPOConfig(GRPOConfig):
 
     length_mode: str = field(
         default="advantage",
-        metadata={"help": "How the critic enters: 'advantage' (A_task + s·A_len), 'shaping' (potential-based), "
-                          "or 'none' (plain TRL GRPO)."},
+        metadata={"help": "How the critic enters: 'advantage' (A_task + s·A_len) or 'none' (plain TRL GRPO). "
+                          "LenVMPPOConfig adds 'shaping'."},
     )
     critic_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Saved LenVM critic (directory or hub name). Required unless mode is 'none'."}
@@ -76,27 +118,51 @@ class LenVMGRPOConfig(GRPOConfig):
                           "all-gathers per forward; for critics no larger than the policy). Ignored otherwise."},
     )
     length_coef: float = field(
-        default=1.0, metadata={"help": "s in advantage mode, β in shaping mode (> 0 prefers shorter)."}
+        default=1.0, metadata={"help": "s (> 0 prefers shorter). With relative units, 1 = one batch std of length "
+                                       "outcome earns what one std of task reward earns."}
     )
     length_coef_schedule: str = field(
         default="constant", metadata={"help": "'constant' or 'linear_warmup' (0 → length_coef over the warm-up)."}
     )
     length_coef_warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of the linear warm-up."})
-    length_lam: float = field(default=0.95, metadata={"help": "GAE λ of the length advantage."})
-    length_gate: str = field(
-        default="success",
-        metadata={"help": "'success': apply A_len only to completions whose task reward ≥ length_gate_threshold; "
-                          "'none': to all."},
+    length_lam: float = field(default=0.95, metadata={"help": "GAE λ of the length advantage (0: each token's own "
+                                                               "credit, 1: everything still to be decided)."})
+    length_units: str = field(
+        default="relative",
+        metadata={"help": "'relative': scale-free credit in length space, normalized like the task advantage; "
+                          "'value': the v1 value-space TD advantage (raw units)."},
+    )
+    length_credit: str = field(
+        default="token",
+        metadata={"help": "'token': credit where the critic places it; 'sequence': the same total spread evenly over "
+                          "the completion (ablation). Relative units only."},
+    )
+    length_scale: str = field(
+        default="batch",
+        metadata={"help": "Relative units: divide the group-centered length outcome by its std over the 'batch' "
+                          "(DLER-style), the 'group' (TRL's reward default), or 'none'."},
+    )
+    length_gate: str | None = field(
+        default=None,
+        metadata={"help": "'success' (default in advantage mode): length credit only for completions whose gate "
+                          "reward functions reach length_gate_threshold; 'none': for all."},
+    )
+    length_gate_reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Reward functions that define success (names as TRL logs them, or indices). Default: the "
+                          "first reward function. A completion passes when each reaches the threshold."},
     )
     length_gate_threshold: float = field(
-        default=1.0, metadata={"help": "Task reward (weighted sum of reward_funcs) a completion needs to pass."}
+        default=1.0, metadata={"help": "Reward each gate reward function must reach for a completion to pass."}
+    )
+    length_gate_failed: str = field(
+        default="zero",
+        metadata={"help": "What failed completions get: 'zero' (no length term) or 'worst' (the least favourable "
+                          "length outcome of their group, never a reward for being short)."},
     )
     whiten_length_advantages: bool = field(
         default=False,
-        metadata={"help": "Standardize A_len over the batch's gated tokens (statistics gathered across processes)."},
-    )
-    shaping_lam: float = field(
-        default=0.0, metadata={"help": "How far shaping terms accumulate: 1 = pure baseline, 0 = one-step progress."}
+        metadata={"help": "Value units only: standardize A_len over the batch's gated tokens (across processes)."},
     )
     critic_refresh: bool = field(
         default=False,
@@ -114,31 +180,81 @@ class LenVMGRPOConfig(GRPOConfig):
             if message is None:
                 raise
             raise ValueError(message) from error
-        if self.critic_zero3 not in CRITIC_ZERO3_MODES:
-            raise ValueError(f"critic_zero3 must be one of {CRITIC_ZERO3_MODES}, got {self.critic_zero3!r}")
-        if self.length_mode not in LENGTH_MODES:
-            raise ValueError(f"length_mode must be one of {LENGTH_MODES}, got {self.length_mode!r}")
-        if self.length_gate not in LENGTH_GATES:
+        modes = self._length_modes()
+        if self.length_mode == "shaping" and "shaping" not in modes:
+            raise ValueError(
+                "length_mode='shaping' is not a GRPO mode: added to GRPO's advantages, potential shaping is the λ=0 "
+                "length advantage plus a constant (1-γ) per token. Use length_mode='advantage' with length_lam=0 for "
+                "that, or LenVMPPOTrainer / `lenvm-rl ppo` with length_mode='shaping' for real potential-based "
+                "shaping before the task critic's GAE."
+            )
+        choices = {"length_mode": modes, "critic_zero3": CRITIC_ZERO3_MODES, "length_units": LENGTH_UNITS,
+                   "length_credit": LENGTH_CREDITS, "length_scale": LENGTH_SCALES,
+                   "length_gate_failed": GATE_FAILED, "length_coef_schedule": COEF_SCHEDULES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.length_gate is not None and self.length_gate not in LENGTH_GATES:
             raise ValueError(f"length_gate must be one of {LENGTH_GATES}, got {self.length_gate!r}")
-        if self.length_coef_schedule not in COEF_SCHEDULES:
-            raise ValueError(f"length_coef_schedule must be one of {COEF_SCHEDULES}, got {self.length_coef_schedule!r}")
         if not math.isfinite(self.length_coef):
             raise ValueError(f"length_coef must be a finite number, got {self.length_coef!r}")
-        for name in ("length_lam", "shaping_lam"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if not 0.0 <= self.length_lam <= 1.0:
+            raise ValueError(f"length_lam must lie in [0, 1], got {self.length_lam!r}")
         if self.critic_gamma is not None:
             check_gamma(self.critic_gamma)
+        if self.length_gate_reward_funcs is not None and not self.length_gate_reward_funcs:
+            raise ValueError("length_gate_reward_funcs is empty; leave it unset to gate on the first reward function")
         if self.critic_refresh and self.length_mode == "shaping":
             raise ValueError(
                 "critic_refresh is refused in shaping mode: potential-based shaping leaves the task optimum unchanged "
                 "only for a fixed potential Φ; a critic that keeps moving turns the shaping term into a "
                 "non-stationary reward. Refresh the critic offline between runs instead, or use advantage mode."
             )
-        if self.length_mode != "none" and self.critic_model_name_or_path is not None:
-            path = Path(self.critic_model_name_or_path)
-            if (path.is_absolute() or str(path).startswith(".")) and not path.exists():
-                raise FileNotFoundError(f"critic_model_name_or_path {path} does not exist")
+        self._check_ignored_options()
+        if self.length_gate is None and self.length_mode == "advantage":
+            self.length_gate = "success"
+        if self.length_mode != "none":
+            check_local_path(self.critic_model_name_or_path, "critic_model_name_or_path")
+
+    def _length_modes(self) -> tuple[str, ...]:
+        return LENGTH_MODES
+
+    def ignored_options(self) -> list[str]:
+        """The length/critic options set to a non-default value that the chosen mode does not read."""
+        ignored: tuple[str, ...] = ()
+        if self.length_mode == "none":
+            ignored = _CRITIC_OPTIONS + _LENGTH_OPTIONS
+        elif self.length_mode == "shaping":
+            ignored = ("length_lam", "length_units", "length_credit", "length_scale", "length_gate", *_GATE_DETAILS,
+                       "whiten_length_advantages", "critic_refresh", "critic_learning_rate")
+        else:
+            if self.length_units == "relative":
+                ignored += ("whiten_length_advantages",)
+            else:
+                ignored += ("length_credit", "length_scale")
+            if self.length_gate == "none":
+                ignored += _GATE_DETAILS
+            if not self.critic_refresh:
+                ignored += ("critic_learning_rate",)
+            if self.length_coef_schedule == "constant":
+                ignored += ("length_coef_warmup_steps",)
+        defaults = {f.name: f.default for f in dataclasses.fields(LenVMGRPOConfig)}
+        return [name for name in ignored if getattr(self, name) != defaults[name]]
+
+    def _check_ignored_options(self) -> None:
+        ignored = self.ignored_options()
+        if not ignored:
+            return
+        listing = ", ".join(f"{name}={getattr(self, name)!r}" for name in ignored)
+        if self.length_mode == "none":
+            # 'none' is the ablation switch: flipping one flag must not force editing the rest of a recipe.
+            warnings.warn(f"length_mode='none' is plain TRL GRPO and ignores {listing}", stacklevel=3)
+            return
+        context = f"length_mode={self.length_mode!r}"
+        if self.length_mode == "advantage":
+            context += f", length_units={self.length_units!r}, length_gate={self.length_gate!r}, " \
+                       f"length_coef_schedule={self.length_coef_schedule!r}, critic_refresh={self.critic_refresh}"
+        raise ValueError(f"{listing}: not used with {context}; remove the option or change the mode")
 
 
 class LenVMGRPOTrainer(GRPOTrainer):
@@ -160,12 +276,14 @@ class LenVMGRPOTrainer(GRPOTrainer):
             raise TypeError(f"args must be a LenVMGRPOConfig, got {type(args).__name__}")
         self.length_coef_fn = length_coef_fn
         self._last_rewards_per_func: Tensor | None = None
+        self._gate_failures = 0
         critic_model = None
         if args.length_mode != "none":
             critic_model, critic_tokenizer = _load_critic(critic, args, critic_processing_class)
             if _zero3_enabled():
                 _check_critic_for_zero3(critic_model, args.critic_zero3)  # before the policy is even loaded
         super().__init__(model, reward_funcs, args, **kwargs)
+        self.gate_reward_indices = self._resolve_gate_reward_funcs()
         self.length_critic: LengthCritic | None = None
         if critic_model is None:
             return
@@ -174,7 +292,8 @@ class LenVMGRPOTrainer(GRPOTrainer):
         if args.critic_refresh:
             if self.is_deepspeed_enabled:
                 raise ValueError("critic_refresh is not supported under DeepSpeed; refresh the critic offline")
-            critic_model.to(self.accelerator.device).train()
+            # scored in eval mode from the very first batch; _refresh_critic switches to train mode for its step only
+            critic_model.to(self.accelerator.device).eval()
             self.critic_optimizer = torch.optim.AdamW(critic_model.parameters(), lr=args.critic_learning_rate)
         elif self.is_deepspeed_enabled and _zero3_enabled() and args.critic_zero3 == "replicate":
             _check_replicated_critic_size(critic_model, self.model)
@@ -188,6 +307,24 @@ class LenVMGRPOTrainer(GRPOTrainer):
             critic_model = self.accelerator.prepare_model(critic_model, evaluation_mode=True, device_placement=True)
         self.critic = critic_model
         self.length_critic = LengthCritic(critic_model, self.eos_token_ids, micro_batch_size=args.critic_batch_size)
+
+    def _resolve_gate_reward_funcs(self) -> list[int]:
+        """Indices of the reward functions that define success (``length_gate_reward_funcs``; default the first)."""
+        names = self.args.length_gate_reward_funcs
+        if not names:
+            return [0] if self.reward_funcs else []
+        indices = []
+        for name in names:
+            text = str(name)
+            if text in self.reward_func_names:
+                indices.append(self.reward_func_names.index(text))
+            elif text.isdigit() and int(text) < len(self.reward_funcs):
+                indices.append(int(text))
+            else:
+                raise ValueError(f"length_gate_reward_funcs: {text!r} is not one of the reward functions "
+                                 f"{self.reward_func_names} (names as TRL logs them, or indices 0–"
+                                 f"{len(self.reward_funcs) - 1})")
+        return indices
 
     # ------------------------------------------------------------------ coefficient schedule
 
@@ -210,48 +347,103 @@ class LenVMGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
-        if self.length_critic is None:
+        if self.length_critic is None or self.args.length_mode != "advantage":
             return output
         mode = "train" if self.model.training else "eval"
         prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        values = self.length_critic.values(prompt_ids, prompt_mask, completion_ids, completion_mask)
-        signals = self.length_critic.signals(prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                             lam=self.args.length_lam, shaping_lam=self.args.shaping_lam,
-                                             values=values)
-        mask = completion_mask.to(values.dtype)
-        coef = self.current_length_coef()
-        if self.args.length_mode == "advantage":
-            term = signals.length_advantages
-            if self.args.length_gate == "success":
-                passed = (self._local_task_rewards(len(prompt_ids)) >= self.args.length_gate_threshold).to(term.dtype)
-                term = term * passed[:, None]
-                self._metrics[mode]["length/gate_pass_fraction"].append(self._global_mean(passed))
-                mask = mask * passed[:, None]
-            if self.args.whiten_length_advantages:
-                term = self._whiten_across_processes(term, mask)
-            self._log_masked_stats(mode, "length/advantage", term, mask)
+        values = self.score_lengths(prompt_ids, prompt_mask, completion_ids, completion_mask)
+        terminated = terminated_mask(completion_ids, completion_mask, self.eos_token_ids)
+        passed = self._gate(len(prompt_ids), mode).to(values.device)
+        if self.args.length_units == "relative":
+            term, mask = self._relative_length_advantages(values, completion_mask, terminated, passed, mode)
         else:
-            term = signals.shaping_advantages
-            self._log_masked_stats(mode, "length/shaping_advantage", term, mask)
+            term, mask = self._value_length_advantages(values, completion_mask, terminated, passed)
+        self._log_masked_stats(mode, "length/advantage", term, mask)
+        coef = self.current_length_coef()
         task = output["advantages"]
         output["advantages"] = (task if task.dim() == 2 else task[:, None]) + coef * term.to(task.dtype)
-        self._log_critic_metrics(mode, coef, signals, completion_mask)
+        self._log_critic_metrics(mode, coef, values, terminated, completion_mask)
         if self.args.critic_refresh and mode == "train":
-            self._refresh_critic(prompt_ids, prompt_mask, completion_ids, completion_mask, signals.terminated)
+            self._refresh_critic(prompt_ids, prompt_mask, completion_ids, completion_mask, terminated)
         return output
+
+    def score_lengths(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                      completion_mask: Tensor) -> Tensor:
+        """``(B, T+1)`` float32 LenVM values of a TRL-layout batch, with the critic in eval mode (dropout off)."""
+        unwrap_critic(self.critic).eval()
+        return self.length_critic.values(prompt_ids, prompt_mask, completion_ids, completion_mask)
+
+    def _gate(self, local_batch: int, mode: str) -> Tensor:
+        """``(B,)`` bool: this process's completions that get length credit (all of them when the gate is off)."""
+        if self.args.length_gate != "success":
+            return torch.ones(local_batch, dtype=torch.bool)
+        rewards = self._local_rewards_per_func(local_batch)[:, self.gate_reward_indices]
+        passed = (torch.nan_to_num(rewards, nan=-math.inf) >= self.args.length_gate_threshold).all(dim=1)
+        fraction = self._global_mean(passed.float())
+        self._metrics[mode]["length/gate_pass_fraction"].append(fraction)
+        if mode == "train":
+            self._gate_failures = self._gate_failures + 1 if fraction == 0.0 else 0
+            if self._gate_failures == GATE_PATIENCE:
+                gate = [self.reward_func_names[i] for i in self.gate_reward_indices]
+                warnings.warn(
+                    f"no completion has passed the length gate for {GATE_PATIENCE} generation batches: the gate "
+                    f"reward functions {gate} never reached length_gate_threshold={self.args.length_gate_threshold}, "
+                    "so the length term is off. Check the threshold and length_gate_reward_funcs (a partial-credit or "
+                    "length reward among them keeps correct answers below the threshold).", stacklevel=2)
+        return passed
+
+    def _relative_length_advantages(self, values: Tensor, completion_mask: Tensor, terminated: Tensor,
+                                    passed: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+        """Scale-free length advantages (module docstring); group and batch statistics span all processes."""
+        args = self.args
+        credits = relative_length_credits(values, completion_mask, self.length_critic.gamma, terminated)
+        outcomes = credits.sum(dim=1)
+        gathered = self.accelerator.gather(torch.stack([outcomes, passed.to(outcomes.dtype)], dim=1))
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        statistics = length_outcome_statistics(gathered[:, 0], gathered[:, 1].bool(), group_size, args.length_scale)
+        rows = slice(self.accelerator.process_index * len(values), (self.accelerator.process_index + 1) * len(values))
+        normalized = normalize_length_credits(
+            credits, completion_mask, group_size, passed, placement=args.length_credit,
+            failed=args.length_gate_failed, statistics=tuple(t[rows] for t in statistics))
+        advantages = discounted_cumsum(normalized, completion_mask, args.length_lam)
+        passing = gathered[:, 1].bool()
+        if passing.any():
+            # mean outcome > 0: completions come out shorter than the critic expects (a stale critic)
+            self._metrics[mode]["length/outcome_mean"].append(float(gathered[passing, 0].mean()))
+            self._metrics[mode]["length/outcome_scale"].append(float(statistics[1][0]))
+        mask = completion_mask.to(values.dtype)
+        if args.length_gate_failed == "zero":
+            mask = mask * passed.to(mask.dtype)[:, None]
+        return advantages, mask
+
+    def _value_length_advantages(self, values: Tensor, completion_mask: Tensor, terminated: Tensor,
+                                 passed: Tensor) -> tuple[Tensor, Tensor]:
+        """The v1 value-space length advantage: GAE of the length TD residual, gated, optionally whitened."""
+        term, _ = length_advantages(values, completion_mask, self.length_critic.gamma, self.args.length_lam,
+                                    terminated)
+        gate = passed.to(term.dtype)[:, None]
+        term = term * gate
+        mask = completion_mask.to(values.dtype) * gate
+        if self.args.whiten_length_advantages:
+            term = self._whiten_across_processes(term, mask)
+        return term, mask
 
     # ------------------------------------------------------------------ helpers
 
-    def _local_task_rewards(self, local_batch: int) -> Tensor:
-        """This process's rows of the weighted task reward (``Σ_k w_k r_k``) of the last generation batch."""
+    def _local_rewards_per_func(self, local_batch: int) -> Tensor:
+        """This process's rows of the per-function rewards ``(B, K)`` of the last generation batch."""
         rewards = self._last_rewards_per_func
         if rewards is None:
             raise RuntimeError("task rewards of the generation batch were not recorded (TRL seam changed?)")
-        weights = self.reward_weights.to(rewards.device)
-        total = torch.nan_to_num(rewards, nan=0.0).mul(weights).sum(dim=1)
         start = self.accelerator.process_index * local_batch
-        return total[start:start + local_batch]
+        return rewards[start:start + local_batch]
+
+    def _local_task_rewards(self, local_batch: int) -> Tensor:
+        """This process's rows of the weighted task reward (``Σ_k w_k r_k``) of the last generation batch."""
+        rewards = self._local_rewards_per_func(local_batch)
+        weights = self.reward_weights.to(rewards.device)
+        return torch.nan_to_num(rewards, nan=0.0).mul(weights).sum(dim=1)
 
     def _global_mean(self, values: Tensor) -> float:
         gathered = self.accelerator.gather(values.detach().float())
@@ -274,11 +466,11 @@ class LenVMGRPOTrainer(GRPOTrainer):
         self._metrics[mode][f"{name}/mean"].append(float(mean))
         self._metrics[mode][f"{name}/std"].append(float(var.sqrt()))
 
-    def _log_critic_metrics(self, mode: str, coef: float, signals: Any, completion_mask: Tensor) -> None:
+    def _log_critic_metrics(self, mode: str, coef: float, values: Tensor, terminated: Tensor,
+                            completion_mask: Tensor) -> None:
         lengths = completion_mask.sum(dim=1).float()
-        terminated = signals.terminated
-        gathered = self.accelerator.gather(torch.stack([signals.predicted_lengths.float(), lengths,
-                                                        terminated.float()], dim=1))
+        predicted = value_to_length(values[:, 0], self.length_critic.gamma)
+        gathered = self.accelerator.gather(torch.stack([predicted.float(), lengths, terminated.float()], dim=1))
         predicted, realized, done = gathered[:, 0], gathered[:, 1], gathered[:, 2].bool()
         self._metrics[mode]["length/coef"].append(coef)
         self._metrics[mode]["length/truncated_fraction"].append(float(1.0 - done.float().mean()))

@@ -17,6 +17,19 @@ text is its final reward and ``V(s_L) = 0``.
 ``length_mode="none"`` (or ``length_coef=0``) is plain critic PPO. The KL to the reference enters through TRL's
 ``beta`` KL-in-loss, not as a per-token reward penalty.
 
+``length_mode="shaping"`` is potential-based shaping with the frozen LenVM critic as potential ``Φ = V``
+(``Φ(terminal) = 0``; a truncated completion keeps ``Φ(s_L)`` when it bootstraps), added to the per-token rewards
+*before* the task GAE, so the task critic learns the shaped return::
+
+    r'_t = r_t + β (γ_task Φ(s_{t+1}) - Φ(s_t))          β = length_coef
+
+The discount in ``F`` is the task return's ``γ_task`` (Ng et al. 1999 need the discount of the return that is
+optimized): then ``Σ_t F_t = -Φ(s_0)``, the same for every completion of a prompt, and the task optimum is unchanged —
+shaping moves credit toward the tokens that bring the end closer without making the policy prefer short answers at
+convergence. (With the critic's own γ in ``F`` and an undiscounted task return, ``F_t`` would carry an extra ``(1-γ)Φ``
+per token, a length *bonus*; ``tests/test_ppo.py`` pins the telescoping.) To trade accuracy for length, use the
+advantage mode.
+
 **Task critic.** A :class:`~lenvm_rl.modeling.LengthValueModel` whose head logit ``z`` is read as the unbounded
 value (identity output, ``read="logits"``), initialized from the policy's backbone (or
 ``task_critic_model_name_or_path``), float32, its own AdamW. After each generation batch it is fit to the GAE
@@ -47,7 +60,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from ..length_math import task_gae
+from ..length_math import potential_shaping, task_gae
 from ..modeling import LengthValueConfig, LengthValueModel
 from ..signals import terminated_mask
 from .grpo import LenVMGRPOConfig, LenVMGRPOTrainer, _check_vocabulary
@@ -91,6 +104,9 @@ class LenVMPPOConfig(LenVMGRPOConfig):
     whiten_task_advantages: bool = field(
         default=True, metadata={"help": "Standardize A_task over the batch's completion tokens (across processes)."}
     )
+
+    def _length_modes(self) -> tuple[str, ...]:
+        return ("advantage", "shaping", "none")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -151,6 +167,11 @@ class _TaskCriticAdvantages(GRPOTrainer):
             # score of the cut text is not paid on top (paying both makes a γ = 1 critic drift upward without bound,
             # since every truncation would add a reward and promise more of the same).
             token_rewards = token_rewards * terminated.to(token_rewards.dtype)[:, None]
+        if self.args.length_mode == "shaping":
+            potential = self.score_lengths(prompt_ids, prompt_mask, completion_ids, completion_mask)
+            shaping = potential_shaping(potential, completion_mask, self.args.gamma_task, terminated)
+            token_rewards = token_rewards + self.current_length_coef() * shaping * scorable[:, None]
+            self._log_masked_stats(mode, "ppo/shaping_reward", shaping, mask)
         advantages, returns = task_gae(old_values, token_rewards, completion_mask, self.args.gamma_task,
                                        self.args.lam_task, terminated)
         self._log_explained_variance(mode, old_values[:, :-1], returns, mask)

@@ -1,0 +1,24 @@
+"""The length-method study: methods in a careful user's position, evaluation, statistics and the report.
+
+The harness that runs it is the ``lenvm-rl study`` job (:mod:`lenvm_rl.scripts.study`); these modules are what it
+(and anyone comparing length methods in their own code) builds on."""
+
+from .evaluate import evaluate_policy
+from .methods import METHODS, SEQUENCE_LEVEL, TOKEN_LEVEL, MethodSpec, RunPlan, check_method_options, plan_run
+from .stats import accuracy_at_tokens, paired_bootstrap, pareto_frontier, percentile_interval, tokens_at_accuracy
+
+__all__ = [
+    "METHODS",
+    "SEQUENCE_LEVEL",
+    "TOKEN_LEVEL",
+    "MethodSpec",
+    "RunPlan",
+    "accuracy_at_tokens",
+    "check_method_options",
+    "evaluate_policy",
+    "paired_bootstrap",
+    "pareto_frontier",
+    "percentile_interval",
+    "plan_run",
+    "tokens_at_accuracy",
+]

@@ -1,0 +1,84 @@
+"""Evaluating a policy for the study: sampled (and greedy) completions on held-out prompts, scored by the task's
+correctness reward, with per-prompt accuracy and length (tokens, EOS counted; a truncated completion counts its
+full token limit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import render_prompt
+from ..rollout import sample_completions
+
+__all__ = ["evaluate_policy"]
+
+
+@torch.no_grad()
+def evaluate_policy(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    correctness: Callable[..., Sequence[float | None]],
+    num_samples: int = 4,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    prompt_column: str = "prompt",
+    threshold: float = 1.0,
+    batch_size: int = 256,
+    prefix: Callable[[dict[str, Any]], str] | None = None,
+    structure: Callable[[str], dict[str, bool]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-prompt metrics of ``model`` on ``rows`` (each a dataset row holding ``prompt_column`` and the columns the
+    reward function reads, passed to it as keyword lists the way TRL does).
+
+    Returns ``(P,)`` arrays: ``correct`` (fraction of the ``num_samples`` completions whose correctness reward is
+    ``≥ threshold``), ``tokens`` (their mean length), ``terminated`` (fraction that ended with EOS), and for every key
+    ``k`` that ``structure(text)`` reports, ``k`` (the fraction of completions that hold it). ``temperature=0`` is
+    greedy (then use ``num_samples=1``). ``prefix(row)``, when given, is text forced at the start of every
+    completion (it counts toward the completion, its tokens toward the length).
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
+    model.eval()
+    prompts_per_call = max(1, batch_size // num_samples)
+    correct, tokens, terminated = [], [], []
+    structures: dict[str, list[float]] = {}
+    for start in range(0, len(rows), prompts_per_call):
+        chunk = list(rows[start:start + prompts_per_call])
+        prompt_ids, forced = [], []
+        for row in chunk:
+            text, templated = render_prompt(tokenizer, row[prompt_column])
+            forced_text = prefix(row) if prefix is not None else ""
+            forced_ids = tokenizer(forced_text, add_special_tokens=False)["input_ids"] if forced_text else []
+            prompt_ids.append(tokenizer(text, add_special_tokens=not templated)["input_ids"] + forced_ids)
+            forced.append(forced_ids)
+        samples = sample_completions(model, tokenizer, prompt_ids, num_samples=num_samples, temperature=temperature,
+                                     max_new_tokens=max_new_tokens, seed=seed + start)
+        texts, lengths, ended = [], [], []
+        for index, (ids, done) in enumerate(samples):
+            full = forced[index // num_samples] + list(ids)
+            texts.append(tokenizer.decode(full, skip_special_tokens=True))
+            lengths.append(len(full))
+            ended.append(done)
+        columns = {key: [row[key] for row in chunk for _ in range(num_samples)]
+                   for key in chunk[0] if key != prompt_column}
+        repeated_prompts = [row[prompt_column] for row in chunk for _ in range(num_samples)]
+        scores = correctness(prompts=repeated_prompts, completions=texts,
+                             completion_ids=[list(ids) for ids, _ in samples], **columns)
+        passed = [score is not None and score >= threshold for score in scores]
+        for index in range(len(chunk)):
+            span = slice(index * num_samples, (index + 1) * num_samples)
+            correct.append(float(np.mean(passed[span])))
+            tokens.append(float(np.mean(lengths[span])))
+            terminated.append(float(np.mean(ended[span])))
+            if structure is not None:
+                found = [structure(text) for text in texts[span]]
+                for key in found[0]:
+                    structures.setdefault(key, []).append(float(np.mean([f[key] for f in found])))
+    out = {"correct": np.asarray(correct), "tokens": np.asarray(tokens), "terminated": np.asarray(terminated)}
+    out.update({key: np.asarray(values) for key, values in structures.items()})
+    return out

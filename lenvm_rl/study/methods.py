@@ -1,0 +1,133 @@
+"""The length methods the study compares, each in the position a careful user would give it.
+
+Every method is a way to build one RL run from the same starting point: which trainer, which reward functions,
+which config overrides, as a function of its coefficient. Sequence-level methods add a length reward to the task
+reward *before* TRL's normalization (``scale_rewards`` "group" or "batch", set per variant); LenVM methods add the
+token-level length advantage *after* it (``lenvm_rl.trainer.grpo``).
+
+========================  ======================================================================================
+``none``                  GRPO with no length term
+``linear``                linear penalty ``-coef · L / max_completion_length``
+``kimi``                  Kimi k1.5 group length reward (:class:`~lenvm_rl.rewards.KimiLengthReward`)
+``budget``                DLER-style truncation: the correctness reward is 0 past ``coef`` tokens
+``gated_self_normalized`` Arora & Zanette 2025 (:class:`~lenvm_rl.rewards.SelfNormalizedLengthPenalty`)
+``lenvm``                 LenVM token-level length advantage, gated on correctness (relative units)
+``lenvm_ungated``         the same without the gate
+``lenvm_seq``             the ablation: same critic, gate, coefficient, the completion's credit spread evenly
+``lenvm_value``           the v1 value-space LenVM advantage, gated
+``ppo_none``              critic PPO (task critic GAE), no length term — the control of ``ppo_lenvm``
+``ppo_lenvm``             critic PPO with the gated LenVM advantage
+========================  ======================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..rewards import KimiLengthReward, LinearLengthPenalty, SelfNormalizedLengthPenalty, TokenBudgetReward
+
+__all__ = ["MethodSpec", "RunPlan", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "plan_run", "check_method_options"]
+
+SEQUENCE_LEVEL = ("linear", "kimi", "budget", "gated_self_normalized")
+TOKEN_LEVEL = ("lenvm", "lenvm_ungated", "lenvm_seq", "lenvm_value", "ppo_lenvm")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method: display label, whether its coefficient matters, whether it needs the LenVM critic, and its
+    trainer (``"grpo"`` or ``"ppo"``)."""
+
+    label: str
+    trainer: str = "grpo"
+    uses_coef: bool = True
+    uses_critic: bool = False
+
+
+METHODS: dict[str, MethodSpec] = {
+    "none": MethodSpec("no length term", uses_coef=False),
+    "linear": MethodSpec("linear length penalty"),
+    "kimi": MethodSpec("Kimi group length reward"),
+    "budget": MethodSpec("token budget (truncation)"),
+    "gated_self_normalized": MethodSpec("gated self-normalized (Arora & Zanette)"),
+    "lenvm": MethodSpec("LenVM token-level, gated", uses_critic=True),
+    "lenvm_ungated": MethodSpec("LenVM token-level, ungated", uses_critic=True),
+    "lenvm_seq": MethodSpec("LenVM sequence-level ablation, gated", uses_critic=True),
+    "lenvm_value": MethodSpec("LenVM value-space (v1), gated", uses_critic=True),
+    "ppo_none": MethodSpec("critic PPO, no length term", trainer="ppo", uses_coef=False),
+    "ppo_lenvm": MethodSpec("critic PPO + LenVM, gated", trainer="ppo", uses_critic=True),
+}
+
+
+@dataclass
+class RunPlan:
+    """What one (method, coefficient) run needs: the trainer and config classes, the reward functions (the first
+    one is always the correctness reward, which the LenVM gate reads), and config overrides."""
+
+    trainer_class: type
+    config_class: type
+    reward_funcs: list[Callable[..., Any]]
+    overrides: dict[str, Any]
+
+
+def _classes(trainer: str) -> tuple[type, type]:
+    if trainer == "ppo":
+        from ..trainer.ppo import LenVMPPOConfig, LenVMPPOTrainer
+
+        return LenVMPPOTrainer, LenVMPPOConfig
+    from ..trainer.grpo import LenVMGRPOConfig, LenVMGRPOTrainer
+
+    return LenVMGRPOTrainer, LenVMGRPOConfig
+
+
+def check_method_options(method: str, options: dict[str, Any], where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` unless ``method`` is known and every option is a field of its config."""
+    if method not in METHODS:
+        raise ValueError(f"{where}: unknown method {method!r}; choose from {sorted(METHODS)}")
+    _, config_class = _classes(METHODS[method].trainer)
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"{where}: {unknown} are not {config_class.__name__} fields (options must be trainer config "
+                         "fields, e.g. scale_rewards, length_lam, length_scale)")
+
+
+def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]], max_completion_length: int,
+             critic_path: str | None, options: dict[str, Any] | None = None) -> RunPlan:
+    """The :class:`RunPlan` of ``method`` at ``coef``. ``task_rewards[0]`` is the correctness reward (1 correct, 0
+    wrong); the others (format rewards, ...) are kept as they are. ``options`` are config overrides of the variant
+    (e.g. ``scale_rewards: batch``), applied last."""
+    spec = METHODS.get(method)
+    if spec is None:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    if not task_rewards:
+        raise ValueError("the study needs at least one task reward function (the first one defines correctness)")
+    correctness, others = task_rewards[0], list(task_rewards[1:])
+    trainer_class, config_class = _classes(spec.trainer)
+    rewards: list[Callable[..., Any]] = [correctness, *others]
+    overrides: dict[str, Any] = {"length_mode": "none"}
+    if method == "linear":
+        rewards.append(LinearLengthPenalty(coef=coef, scale=max_completion_length))
+    elif method == "kimi":
+        rewards.append(KimiLengthReward(correctness, coef=coef))
+    elif method == "budget":
+        if coef < 1 or coef != int(coef):
+            raise ValueError(f"budget: the coefficient is a token budget and must be a whole number ≥ 1, got {coef}")
+        rewards[0] = TokenBudgetReward(correctness, budget=int(coef))
+    elif method == "gated_self_normalized":
+        rewards.append(SelfNormalizedLengthPenalty(correctness, coef=coef))
+    elif spec.uses_critic:
+        if critic_path is None:
+            raise ValueError(f"method {method!r} needs a LenVM critic")
+        overrides = {"length_mode": "advantage", "length_coef": coef, "critic_model_name_or_path": critic_path,
+                     "length_gate": "none" if method == "lenvm_ungated" else "success"}
+        if method == "lenvm_seq":
+            overrides["length_credit"] = "sequence"
+        if method == "lenvm_value":
+            overrides["length_units"] = "value"
+    if spec.trainer == "ppo":
+        overrides.setdefault("task_critic_learning_rate", 1e-3)
+    overrides.update(options or {})
+    return RunPlan(trainer_class, config_class, rewards, overrides)

@@ -1,0 +1,411 @@
+"""The length-method study's report: ``report.md`` (headline first), ``report.json`` and ``accuracy_vs_tokens.png``.
+
+Every number comes from the finished runs' per-prompt results: points are means over seeds and prompts, intervals are
+95% percentile intervals of a paired bootstrap over prompts and seeds (:func:`lenvm_rl.study.stats.paired_bootstrap`),
+and matched-accuracy comparisons interpolate along each variant's Pareto frontier, which always includes the
+no-length-term point (coefficient 0 of every method).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import write_text_atomically
+from .methods import METHODS, SEQUENCE_LEVEL
+from .stats import accuracy_at_tokens, paired_bootstrap, pareto_frontier, percentile_interval, tokens_at_accuracy
+
+__all__ = ["StudyTable", "collect", "write_report", "TOKEN_FRACTIONS"]
+
+# matched-token comparisons at these fractions of the no-length-term policy's mean tokens
+TOKEN_FRACTIONS = (0.5, 0.67, 0.8)
+
+
+class StudyTable:
+    """The finished runs as ``(C, S, P)`` arrays: configurations (variant, coef) × seeds × evaluation prompts."""
+
+    def __init__(self, results: Sequence[dict[str, Any]], variants: dict[str, dict[str, Any]]):
+        if not results:
+            raise ValueError("no finished runs to report on")
+        self.variants = variants
+        order = {label: index for index, label in enumerate(variants)}
+        keys = sorted({(r["label"], float(r["coef"])) for r in results if r["label"] in variants},
+                      key=lambda key: (order[key[0]], self._sort_coef(key[0], key[1])))
+        self.configs: list[tuple[str, float]] = keys
+        self.seeds = sorted({int(r["seed"]) for r in results})
+        prompts = {len(r["eval"]["correct"]) for r in results}
+        if len(prompts) != 1:
+            raise ValueError(f"runs were evaluated on different numbers of prompts: {sorted(prompts)}")
+        self.prompts = prompts.pop()
+        metric_names = [k for k in results[0]["eval"] if isinstance(results[0]["eval"][k], list)]
+        self.metrics = {name: np.full((len(keys), len(self.seeds), self.prompts), np.nan) for name in metric_names}
+        for r in results:
+            key = (r["label"], float(r["coef"]))
+            if key not in keys:
+                continue
+            c, s = keys.index(key), self.seeds.index(int(r["seed"]))
+            for name in metric_names:
+                if name in r["eval"]:
+                    self.metrics[name][c, s] = np.asarray(r["eval"][name], dtype=np.float64)
+        self.count = {key: sum(1 for r in results if (r["label"], float(r["coef"])) == key) for key in keys}
+
+    def _sort_coef(self, label: str, coef: float) -> float:
+        # a token budget gets stricter as it shrinks: order grids from weakest to strongest
+        return -coef if self.variants[label]["method"] == "budget" else coef
+
+    def method(self, label: str) -> str:
+        return self.variants[label]["method"]
+
+    def none_index(self) -> int:
+        for index, (label, _) in enumerate(self.configs):
+            if self.method(label) == "none":
+                return index
+        raise ValueError("no finished 'none' run: every comparison is relative to no length term")
+
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(label for label, _ in self.configs))
+
+    def indices(self, label: str) -> list[int]:
+        return [i for i, (name, _) in enumerate(self.configs) if name == label]
+
+
+def collect(results: Sequence[dict[str, Any]], variants: dict[str, dict[str, Any]]) -> StudyTable:
+    return StudyTable(results, variants)
+
+
+def _frontier(table: StudyTable, label: str, accuracy: np.ndarray, tokens: np.ndarray) -> list[tuple[float, float]]:
+    none = table.none_index()
+    points = [(tokens[i], accuracy[i]) for i in table.indices(label)]
+    if table.method(label) != "none":
+        points.append((tokens[none], accuracy[none]))
+    return pareto_frontier(points)
+
+
+def _comparisons(table: StudyTable, head: str | None, ablation: str | None, baselines: list[str],
+                 drops: Sequence[float], accuracy: np.ndarray, tokens: np.ndarray) -> dict[str, float]:
+    """Every headline number for one (bootstrap replicate of the) table of ``(C,)`` means."""
+    none = table.none_index()
+    out: dict[str, float] = {"none_accuracy": accuracy[none], "none_tokens": tokens[none]}
+    frontiers = {label: _frontier(table, label, accuracy, tokens) for label in table.labels()}
+    for drop in drops:
+        target = accuracy[none] - drop
+        needed = {label: tokens_at_accuracy(frontier, target) for label, frontier in frontiers.items()}
+        for label, value in needed.items():
+            out[f"tokens@-{drop:g}/{label}"] = value
+        usable = [needed[b] for b in baselines if math.isfinite(needed[b])]
+        best = min(usable) if usable else float("nan")
+        out[f"tokens@-{drop:g}/best_baseline"] = best
+        if head is not None:
+            out[f"ratio@-{drop:g}"] = needed[head] / best if usable else float("nan")
+            if ablation is not None:
+                out[f"ablation_ratio@-{drop:g}"] = needed[head] / needed[ablation]
+    for fraction in TOKEN_FRACTIONS:
+        budget = fraction * tokens[none]
+        reached = {label: accuracy_at_tokens(frontier, budget) for label, frontier in frontiers.items()}
+        for label, value in reached.items():
+            out[f"accuracy@{fraction:g}/{label}"] = value
+        usable = [reached[b] for b in baselines if math.isfinite(reached[b])]
+        best = max(usable) if usable else float("nan")
+        out[f"accuracy@{fraction:g}/best_baseline"] = best
+        if head is not None:
+            out[f"accuracy_gain@{fraction:g}"] = reached[head] - best if usable else float("nan")
+            if ablation is not None:
+                out[f"ablation_accuracy_gain@{fraction:g}"] = reached[head] - reached[ablation]
+    return out
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _interval(samples: np.ndarray | None, digits: int = 3) -> str:
+    if samples is None:
+        return "–"
+    low, high = percentile_interval(samples)
+    return "–" if not math.isfinite(low) else f"{low:.{digits}f}–{high:.{digits}f}"
+
+
+def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
+                 stage_seconds: dict[str, float]) -> dict[str, Any]:
+    """Write ``report.md``, ``report.json`` and the plot for the finished ``results``; returns ``report.json``."""
+    out = Path(out)
+    table = collect(results, config.methods)
+    accuracy = np.nanmean(table.metrics["correct"], axis=(1, 2))
+    tokens = np.nanmean(table.metrics["tokens"], axis=(1, 2))
+    labels = table.labels()
+    head = config.headline_method if config.headline_method in labels else None
+    ablation = config.ablation_method if config.ablation_method in labels else None
+    baselines = [label for label in labels if table.method(label) in SEQUENCE_LEVEL]
+    drops = list(config.accuracy_drops)
+
+    def statistic(means: dict[str, np.ndarray]) -> dict[str, float]:
+        values = _comparisons(table, head, ablation, baselines, drops, means["correct"], means["tokens"])
+        values.update({f"accuracy/{i}": means["correct"][i] for i in range(len(table.configs))})
+        values.update({f"tokens/{i}": means["tokens"][i] for i in range(len(table.configs))})
+        return values
+
+    point = statistic({"correct": accuracy, "tokens": tokens})
+    boot = paired_bootstrap({"correct": table.metrics["correct"], "tokens": table.metrics["tokens"]}, statistic,
+                            samples=config.bootstrap_samples, seed=0)
+    start = json.loads((out / "start.json").read_text()) if (out / "start.json").exists() else None
+    prompt_table = json.loads((out / "eval_prompts.json").read_text()) if (out / "eval_prompts.json").exists() else {}
+    critic = json.loads((out / "critic_metrics.json").read_text()) if (out / "critic_metrics.json").exists() else None
+
+    lines = [_headline(point, boot, head, drops), ""]
+    if config.smoke:
+        lines += ["> **SMOKE TEST.** This run is sized to exercise every stage in minutes; its policies are barely "
+                  "trained and its numbers mean nothing. Run the full study (`lenvm-rl study --config "
+                  "recipes/study/full.yaml`) or the demo for results.", ""]
+    total_runs = len(config.variants()) * len(config.seeds)
+    seconds = sum(r["seconds"] for r in results)
+    lines += [f"Command: `{config.command or 'lenvm-rl study'}`. {len(results)} of {total_runs} runs finished "
+              f"({seconds / 60:.1f} min of RL and evaluation; seeds {table.seeds}).", "",
+              f"Setup: every run starts from the same policy (`{config.policy}`), trains {config.rl_steps} steps × "
+              f"{config.rl_prompts_per_step} prompts × {config.rl_generations} samples at learning rate "
+              f"{config.rl_learning_rate:g} (β = {config.rl_beta:g}), and is evaluated on {table.prompts} held-out "
+              f"prompts × {config.eval_samples} samples at temperature {config.eval_temperature:g}"
+              f"{' plus greedy' if config.eval_greedy else ''}. Intervals: 95% paired bootstrap over prompts and seeds "
+              f"({config.bootstrap_samples} replicates). Every frontier includes the no-length-term point.", ""]
+    lines += _targets_section(point, boot, head, ablation, drops)
+    lines += _matched_sections(point, boot, head, ablation, baselines, drops)
+    lines += _runs_section(table, accuracy, tokens, boot, start, prompt_table)
+    lines += _normalization_section(table, point, baselines, drops)
+    if critic:
+        lines += ["## Critic", "",
+                  f"Held-out rollouts of the starting policy: prompt-boundary MRE {_fmt(critic.get('prompt_mre'))} vs "
+                  f"{_fmt(critic.get('constant_mre'))} for a constant prediction (ratio "
+                  f"{_fmt(critic.get('mre_vs_constant'), 2)}); relative remaining-length error at 0/25/50/75% of a "
+                  "completion: " + ", ".join(_fmt(critic.get(f"rel_err_at_{p}pct")) for p in (0, 25, 50, 75))
+                  + f"; γ = {_fmt(critic.get('gamma'), 4)}.", ""]
+    if start and "forced" in start and prompt_table.get("difficulty"):
+        lines += _forced_section(start, prompt_table["difficulty"])
+    if stage_seconds:
+        lines += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {name} | {value:.0f} |" for name, value in stage_seconds.items()]
+        lines += [""]
+    lines += ["Plot: `accuracy_vs_tokens.png` (left: every run with 95% intervals, labelled by coefficient; right: "
+              "each variant's Pareto frontier).", ""]
+    write_text_atomically(out / "report.md", "\n".join(lines))
+    report = {"headline": lines[0], "point": point,
+              "intervals": {key: list(percentile_interval(value)) for key, value in boot.items()},
+              "configs": [list(c) for c in table.configs], "seeds": table.seeds, "stage_seconds": stage_seconds}
+    write_text_atomically(out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
+    _plot(out, table, accuracy, tokens, boot, start, prompt_table)
+    return report
+
+
+def _headline(point: dict[str, float], boot: dict[str, np.ndarray], head: str | None, drops: Sequence[float]) -> str:
+    if head is None or not drops:
+        return "Headline: no token-level LenVM run finished; nothing to compare yet."
+    key = f"ratio@-{drops[0]:g}"
+    ratio = point.get(key, float("nan"))
+    if not math.isfinite(ratio):
+        return (f"Headline: at the no-length-term accuracy minus {100 * drops[0]:g} point(s), token-level LenVM or "
+                "every sequence-level method is off its frontier; no matched-accuracy ratio.")
+    low, high = percentile_interval(boot[key])
+    return (f"Headline: token-level LenVM uses {ratio:.2f}× the tokens of the best sequence-level method at matched "
+            f"accuracy (95% CI {low:.2f}–{high:.2f})")
+
+
+def _targets_section(point: dict[str, float], boot: dict[str, np.ndarray], head: str | None, ablation: str | None,
+                     drops: Sequence[float]) -> list[str]:
+    if head is None or not drops:
+        return []
+    lines = ["## Targets", ""]
+    key = f"ratio@-{drops[0]:g}"
+    ratio = point.get(key, float("nan"))
+    low, high = percentile_interval(boot.get(key, np.array([np.nan])))
+    met = math.isfinite(ratio) and ratio <= 0.85 and math.isfinite(high) and high < 1.0
+    lines.append(f"- Gated token-level LenVM at ≤ 0.85× the tokens of the best tuned sequence-level baseline at "
+                 f"matched accuracy (no length term − {100 * drops[0]:g} point), interval excluding 1.0: "
+                 f"**{'met' if met else 'missed'}** (ratio {_fmt(ratio, 2)}, 95% CI {_fmt(low, 2)}–{_fmt(high, 2)}).")
+    if ablation is not None:
+        key = f"ablation_ratio@-{drops[0]:g}"
+        ratio = point.get(key, float("nan"))
+        low, high = percentile_interval(boot.get(key, np.array([np.nan])))
+        met = math.isfinite(high) and high < 1.0
+        lines.append(f"- Ahead of its own sequence-level ablation (`{ablation}`) by a margin outside noise: "
+                     f"**{'met' if met else 'missed'}** (token ratio {_fmt(ratio, 2)}, 95% CI "
+                     f"{_fmt(low, 2)}–{_fmt(high, 2)}).")
+    return lines + [""]
+
+
+def _matched_sections(point: dict[str, float], boot: dict[str, np.ndarray], head: str | None, ablation: str | None,
+                      baselines: list[str], drops: Sequence[float]) -> list[str]:
+    lines = ["## Tokens at matched accuracy", "",
+             "Tokens each frontier needs to reach the no-length-term accuracy minus 1, 2 and 5 points (interpolated; "
+             "– where a frontier does not reach it). Ratio: LenVM ÷ the best sequence-level variant of each "
+             "bootstrap replicate.", "",
+             "| accuracy target | LenVM | best sequence-level | ratio (95% CI) | ablation "
+             "| LenVM ÷ ablation (95% CI) |",
+             "|---|---|---|---|---|---|"]
+    none_accuracy = point["none_accuracy"]
+    for drop in drops:
+        best_label = min(baselines, key=lambda b: point.get(f"tokens@-{drop:g}/{b}", math.inf)
+                         if math.isfinite(point.get(f"tokens@-{drop:g}/{b}", math.nan)) else math.inf,
+                         default=None)
+        lenvm = point.get(f"tokens@-{drop:g}/{head}", math.nan) if head else math.nan
+        best = point.get(f"tokens@-{drop:g}/best_baseline", math.nan)
+        abl = point.get(f"tokens@-{drop:g}/{ablation}", math.nan) if ablation else math.nan
+        lines.append(
+            f"| {none_accuracy - drop:.3f} (−{100 * drop:g} pt) | {_fmt(lenvm, 1)} | {_fmt(best, 1)}"
+            f"{f' ({best_label})' if best_label and math.isfinite(best) else ''} | "
+            f"{_fmt(point.get(f'ratio@-{drop:g}', math.nan), 2)} ({_interval(boot.get(f'ratio@-{drop:g}'), 2)}) | "
+            f"{_fmt(abl, 1)} | {_fmt(point.get(f'ablation_ratio@-{drop:g}', math.nan), 2)} "
+            f"({_interval(boot.get(f'ablation_ratio@-{drop:g}'), 2)}) |")
+    lines += ["", "## Accuracy at matched tokens", "",
+              f"Accuracy each frontier reaches within a fraction of the no-length-term policy's "
+              f"{point['none_tokens']:.1f} tokens.", "",
+              "| token budget | LenVM | best sequence-level | LenVM − best (95% CI) | ablation | LenVM − ablation "
+              "(95% CI) |", "|---|---|---|---|---|---|"]
+    for fraction in TOKEN_FRACTIONS:
+        lines.append(
+            f"| {fraction:g} × ({fraction * point['none_tokens']:.1f}) | "
+            f"{_fmt(point.get(f'accuracy@{fraction:g}/{head}', math.nan))} | "
+            f"{_fmt(point.get(f'accuracy@{fraction:g}/best_baseline', math.nan))} | "
+            f"{_fmt(point.get(f'accuracy_gain@{fraction:g}', math.nan))} "
+            f"({_interval(boot.get(f'accuracy_gain@{fraction:g}'))}) | "
+            f"{_fmt(point.get(f'accuracy@{fraction:g}/{ablation}', math.nan))} | "
+            f"{_fmt(point.get(f'ablation_accuracy_gain@{fraction:g}', math.nan))} "
+            f"({_interval(boot.get(f'ablation_accuracy_gain@{fraction:g}'))}) |")
+    return lines + [""]
+
+
+def _by_difficulty(values: np.ndarray, difficulty: list[Any] | None) -> list[str]:
+    if not difficulty:
+        return []
+    levels = sorted(set(difficulty))
+    return [_fmt(float(np.nanmean(values[..., [i for i, d in enumerate(difficulty) if d == level]])), 1)
+            for level in levels]
+
+
+def _runs_section(table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray, boot: dict[str, np.ndarray],
+                  start: dict[str, Any] | None, prompt_table: dict[str, Any]) -> list[str]:
+    difficulty = prompt_table.get("difficulty")
+    levels = sorted(set(difficulty)) if difficulty else []
+    structure = "trace" in table.metrics
+    greedy = "greedy_correct" in table.metrics
+    header = ["variant", "coef", "runs", "accuracy (95% CI)", "tokens (95% CI)"]
+    header += ["greedy acc", "greedy tokens"] if greedy else []
+    header += ["trace rate", "check rate"] if structure else []
+    header += [f"tokens d={d}" for d in levels]
+    lines = ["## Every configuration", "", "Means over seeds and prompts. Rates: fraction of sampled completions that "
+             "write the trace / the check (checked-sums task).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def row(name: str, coef: str, runs: str, metrics: dict[str, np.ndarray], acc_ci: str, tok_ci: str) -> str:
+        cells = [name, coef, runs, f"{float(np.nanmean(metrics['correct'])):.3f} ({acc_ci})",
+                 f"{float(np.nanmean(metrics['tokens'])):.1f} ({tok_ci})"]
+        if greedy:
+            cells += [_fmt(float(np.nanmean(metrics["greedy_correct"]))) if "greedy_correct" in metrics else "–",
+                      _fmt(float(np.nanmean(metrics["greedy_tokens"])), 1) if "greedy_tokens" in metrics else "–"]
+        if structure:
+            cells += [_fmt(float(np.nanmean(metrics[k]))) if k in metrics else "–" for k in ("trace", "check")]
+        cells += _by_difficulty(np.asarray(metrics["tokens"]), difficulty)
+        return "| " + " | ".join(cells) + " |"
+
+    if start:
+        lines.append(row("starting policy", "–", "1", {k: np.asarray(v) for k, v in start.items()
+                                                        if isinstance(v, list)}, "–", "–"))
+    if prompt_table.get("ideal_tokens"):
+        ideal = np.asarray(prompt_table["ideal_tokens"], dtype=np.float64)
+        cells = ["ideal (analytic)", "–", "–", "1.000 (exact)", f"{ideal.mean():.1f} (exact)"]
+        cells += ["1.000", f"{ideal.mean():.1f}"] if greedy else []
+        cells += ["–", "0.000"] if structure else []
+        cells += _by_difficulty(ideal, difficulty)
+        lines.append("| " + " | ".join(cells) + " |")
+    for index, (label, coef) in enumerate(table.configs):
+        metrics = {name: array[index] for name, array in table.metrics.items()}
+        lines.append(row(label, "–" if not METHODS[table.method(label)].uses_coef else f"{coef:g}",
+                         str(table.count[(label, coef)]), metrics, _interval(boot.get(f"accuracy/{index}")),
+                         _interval(boot.get(f"tokens/{index}"), 1)))
+    if prompt_table.get("ideal_tokens"):
+        lines += ["", "The ideal row is computed, not trained: the policy that writes the trace only from three terms "
+                  "on (where a small model needs it), never the check, and is always right (`lenvm_rl.tasks."
+                  "ideal_completion`)."]
+    return lines + [""]
+
+
+def _normalization_section(table: StudyTable, point: dict[str, float], baselines: list[str],
+                           drops: Sequence[float]) -> list[str]:
+    families: dict[str, list[str]] = {}
+    for label in baselines:
+        families.setdefault(table.method(label), []).append(label)
+    if not families or not drops:
+        return []
+    lines = ["## Group vs batch normalization of the sequence-level rewards", "",
+             f"Tokens at the no-length-term accuracy − {100 * drops[0]:g} point; the better variant of each family "
+             "is the one the comparison above can pick.", "", "| family | variant | tokens |", "|---|---|---|"]
+    for family, members in families.items():
+        for label in members:
+            lines.append(f"| {family} | {label} | {_fmt(point.get(f'tokens@-{drops[0]:g}/{label}', math.nan), 1)} |")
+    return lines + [""]
+
+
+def _forced_section(start: dict[str, Any], difficulty: list[Any]) -> list[str]:
+    forced = start["forced"]
+    levels = sorted(set(difficulty))
+    lines = ["## Where the trace pays (starting policy, first decision forced)", "",
+             "| terms | accuracy, answer at once | accuracy, trace | tokens, at once | tokens, trace |",
+             "|---|---|---|---|---|"]
+    for level in levels:
+        index = [i for i, d in enumerate(difficulty) if d == level]
+        mean = {key: float(np.mean([forced[key][i] for i in index])) for key in forced}
+        lines.append(f"| {level} | {mean['direct_correct']:.3f} | {mean['trace_correct']:.3f} | "
+                     f"{mean['direct_tokens']:.1f} | {mean['trace_tokens']:.1f} |")
+    return lines + [""]
+
+
+def _plot(out: Path, table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray, boot: dict[str, np.ndarray],
+          start: dict[str, Any] | None, prompt_table: dict[str, Any]) -> None:
+    try:
+        import matplotlib
+    except ImportError:  # the report is complete without the picture
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..evaluation import save_figure
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6), sharey=True)
+    none = table.none_index()
+    for ax in (left, right):
+        ax.scatter([tokens[none]], [accuracy[none]], marker="D", s=70, color="black", zorder=5,
+                   label="no length term")
+        if start:
+            ax.scatter([np.mean(start["tokens"])], [np.mean(start["correct"])], marker="*", s=160, color="grey",
+                       zorder=5, label="starting policy")
+        if prompt_table.get("ideal_tokens"):
+            ax.scatter([np.mean(prompt_table["ideal_tokens"])], [1.0], marker="*", s=200, color="gold",
+                       edgecolor="black", zorder=5, label="ideal (analytic)")
+    for color, label in enumerate(table.labels()):
+        if table.method(label) == "none":
+            continue
+        indices = table.indices(label)
+        xerr = np.array([[tokens[i] - percentile_interval(boot[f"tokens/{i}"])[0] for i in indices],
+                         [percentile_interval(boot[f"tokens/{i}"])[1] - tokens[i] for i in indices]])
+        yerr = np.array([[accuracy[i] - percentile_interval(boot[f"accuracy/{i}"])[0] for i in indices],
+                         [percentile_interval(boot[f"accuracy/{i}"])[1] - accuracy[i] for i in indices]])
+        style = "-" if table.method(label) not in SEQUENCE_LEVEL else "--"
+        left.errorbar(tokens[indices], accuracy[indices], xerr=np.abs(xerr), yerr=np.abs(yerr), fmt="o",
+                      color=f"C{color % 10}", markersize=4, capsize=2, label=label)
+        for i in indices:
+            left.annotate(f"{table.configs[i][1]:g}", (tokens[i], accuracy[i]), fontsize=6,
+                          xytext=(3, 3), textcoords="offset points", color=f"C{color % 10}")
+        frontier = _frontier(table, label, accuracy, tokens)
+        right.plot([p[0] for p in frontier], [p[1] for p in frontier], style, marker="o", markersize=3,
+                   color=f"C{color % 10}", label=label)
+    left.set_title("every run (95% CI), labelled by coefficient")
+    right.set_title("Pareto frontier of each variant (dashed: sequence-level)")
+    for ax in (left, right):
+        ax.set_xlabel("mean completion tokens (held-out prompts, sampled)")
+        ax.grid(alpha=0.3)
+    left.set_ylabel("accuracy")
+    right.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    save_figure(fig, out / "accuracy_vs_tokens.png")

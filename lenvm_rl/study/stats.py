@@ -1,0 +1,120 @@
+"""Statistics of the length-method study: Pareto frontiers, interpolation along them, matched-accuracy token ratios
+and paired bootstrap intervals over prompts and seeds. Pure numpy: arrays in, numbers out.
+
+A *point* is ``(tokens, accuracy)`` of one (method, coefficient). A method's *frontier* is its Pareto-efficient
+points (no other point of the method is both shorter and at least as accurate) sorted by tokens; between two
+frontier points both coordinates are interpolated linearly. ``tokens_at_accuracy`` answers "how many tokens does this
+method need to reach accuracy ``a``" and ``accuracy_at_tokens`` "how accurate can it be within ``n`` tokens".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "pareto_frontier",
+    "tokens_at_accuracy",
+    "accuracy_at_tokens",
+    "percentile_interval",
+    "paired_bootstrap",
+]
+
+
+def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The Pareto-efficient ``(tokens, accuracy)`` points, sorted by tokens (accuracy then rises strictly).
+
+    A point is kept when no other point has at most its tokens and strictly more accuracy, or strictly fewer tokens
+    and at least its accuracy. NaN points are ignored. ``[(10, .5), (20, .9), (15, .4), (30, .85)]`` →
+    ``[(10, .5), (20, .9)]``.
+    """
+    clean = sorted((float(t), float(a)) for t, a in points if np.isfinite(t) and np.isfinite(a))
+    frontier: list[tuple[float, float]] = []
+    for tokens, accuracy in clean:  # ascending tokens: keep a point only if it beats every shorter one
+        if frontier and accuracy <= frontier[-1][1]:
+            continue
+        if frontier and tokens == frontier[-1][0]:
+            frontier[-1] = (tokens, accuracy)
+            continue
+        frontier.append((tokens, accuracy))
+    return frontier
+
+
+def tokens_at_accuracy(frontier: Sequence[tuple[float, float]], accuracy: float) -> float:
+    """Tokens the frontier needs to reach ``accuracy``: linear interpolation between the two frontier points that
+    bracket it; the shortest point's tokens when even that point is at least as accurate; NaN when no point reaches
+    it (the method cannot be that accurate)."""
+    if not frontier:
+        return float("nan")
+    if accuracy <= frontier[0][1]:
+        return float(frontier[0][0])
+    for (t0, a0), (t1, a1) in zip(frontier, frontier[1:], strict=False):
+        if a0 <= accuracy <= a1:
+            return float(t0 + (t1 - t0) * (accuracy - a0) / (a1 - a0))
+    return float("nan")
+
+
+def accuracy_at_tokens(frontier: Sequence[tuple[float, float]], tokens: float) -> float:
+    """Accuracy the frontier reaches within ``tokens``: linear interpolation between the bracketing frontier points;
+    the most accurate point's accuracy when it is already within budget; NaN when even the shortest point is longer."""
+    if not frontier or tokens < frontier[0][0]:
+        return float("nan")
+    if tokens >= frontier[-1][0]:
+        return float(frontier[-1][1])
+    for (t0, a0), (t1, a1) in zip(frontier, frontier[1:], strict=False):
+        if t0 <= tokens <= t1:
+            return float(a0 + (a1 - a0) * (tokens - t0) / (t1 - t0))
+    return float("nan")
+
+
+def percentile_interval(samples: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile bootstrap interval ``(lo, hi)`` of ``samples``, NaNs dropped (NaN, NaN when all are NaN)."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    values = np.asarray(samples, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def paired_bootstrap(
+    metrics: Mapping[str, np.ndarray],
+    statistic: Callable[[Mapping[str, np.ndarray]], Mapping[str, float]],
+    samples: int = 1000,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Bootstrap a statistic of per-(configuration, seed, prompt) metrics, resampling seeds and prompts jointly.
+
+    Args:
+        metrics: name → array of shape ``(C, S, P)`` (configurations × seeds × prompts), e.g. ``correct`` and
+            ``tokens``; every configuration is evaluated on the same prompts with the same seeds, so one draw of seed
+            and prompt indices is applied to all of them (a paired bootstrap: differences between configurations keep
+            their correlation).
+        statistic: takes the resampled ``(C,)`` means of every metric and returns named numbers.
+        samples: number of bootstrap replicates.
+        seed: seed of the resampling.
+
+    Returns:
+        name → ``(samples,)`` array of the statistic over replicates (take :func:`percentile_interval` of each).
+    """
+    if not metrics:
+        raise ValueError("no metrics to bootstrap")
+    shapes = {name: array.shape for name, array in metrics.items()}
+    first = next(iter(shapes.values()))
+    if any(shape != first for shape in shapes.values()) or len(first) != 3:
+        raise ValueError(f"every metric must be one (configurations, seeds, prompts) array; got shapes {shapes}")
+    _, seeds, prompts = first
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[float]] = {}
+    for _ in range(samples):
+        seed_draw = rng.integers(0, seeds, size=seeds)
+        prompt_draw = rng.integers(0, prompts, size=prompts)
+        means = {name: np.nanmean(array[:, seed_draw][:, :, prompt_draw], axis=(1, 2))
+                 for name, array in metrics.items()}
+        for name, value in statistic(means).items():
+            out.setdefault(name, []).append(float(value))
+    return {name: np.asarray(values) for name, values in out.items()}

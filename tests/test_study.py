@@ -1,0 +1,142 @@
+"""`lenvm-rl study` end to end on a tiny configuration: a report with every stage, resume after a crash without
+redoing finished runs, a user-supplied `module:function` reward, and clear errors for bad recipes."""
+
+import json
+import textwrap
+
+import pytest
+import yaml
+
+from lenvm_rl.cli import main
+from lenvm_rl.scripts import study as study_job
+
+TINY = {
+    "seeds": [0], "warmup_problems": 300, "warmup_steps": 20, "warmup_hidden_size": 32, "warmup_layers": 1,
+    "critic_rollout_prompts": 16, "critic_rollout_samples": 2, "critic_steps": 4, "train_prompts": 32,
+    "rl_steps": 2, "rl_prompts_per_step": 2, "rl_generations": 2, "eval_prompts": 8, "eval_samples": 2,
+    "max_completion_length": 24, "bootstrap_samples": 20, "threads": 1, "smoke": True,
+    "methods": {"none": {"method": "none"},
+                "linear/batch": {"method": "linear", "grid": [0.2], "options": {"scale_rewards": "batch"}},
+                "lenvm": {"method": "lenvm", "grid": [1.0]}},
+}
+
+
+def write_recipe(path, **overrides):
+    recipe = {**TINY, **overrides}
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def numbers(out):
+    """What a report says, without wall times: per-run summaries and the report's point estimates."""
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("seconds")
+    return rows, json.loads((out / "report.json").read_text())["point"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One uninterrupted tiny study (shared by the tests that only read it)."""
+    root = tmp_path_factory.mktemp("study")
+    recipe = write_recipe(root / "recipe.yaml", output_dir=str(root / "out"))
+    assert main(["study", "--config", str(recipe)]) == 0
+    return root / "out"
+
+
+def test_tiny_study_end_to_end(finished):
+    report = (finished / "report.md").read_text()
+    assert report.splitlines()[0].startswith("Headline: ")
+    assert "SMOKE TEST" in report
+    for section in ("## Tokens at matched accuracy", "## Accuracy at matched tokens", "## Every configuration",
+                    "## Critic", "## Stage wall times", "ideal (analytic)", "starting policy"):
+        assert section in report, section
+    rows = [json.loads(line) for line in (finished / "results.jsonl").read_text().splitlines()]
+    assert {(r["variant"], r["coef"], r["seed"]) for r in rows} == {("none", 0.0, 0), ("linear/batch", 0.2, 0),
+                                                                    ("lenvm", 1.0, 0)}
+    for row in rows:
+        assert 0.0 <= row["accuracy"] <= 1.0 and 1 <= row["mean_tokens"] <= 24
+        assert set(row["by_difficulty"]) <= {"2", "3", "4", "5", "6"} and len(row["by_difficulty"]) >= 3
+        assert "greedy_accuracy" in row and "check_rate" in row
+    assert (finished / "accuracy_vs_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (finished / "critic" / "config.json").exists()
+
+
+def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"))
+    real_run = study_job._rl_run
+    calls = []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed mid-study")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(study_job, "_rl_run", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        main(["study", "--config", str(recipe)])
+    done = list((tmp_path / "out" / "runs").rglob("result.json"))
+    assert len(done) == 1
+    calls.clear()
+    monkeypatch.setattr(study_job, "_rl_run", lambda *a, **k: calls.append(a[1]) or real_run(*a, **k))
+    assert main(["study", "--config", str(recipe)]) == 0
+    assert calls == ["linear/batch", "lenvm"]  # the finished 'none' run was not redone
+    assert numbers(tmp_path / "out") == numbers(finished)
+
+
+def test_user_supplied_reward_function_is_imported_and_used(tmp_path, monkeypatch):
+    module = tmp_path / "my_rewards.py"
+    module.write_text(textwrap.dedent("""
+        from pathlib import Path
+
+        from lenvm_rl.tasks import checked_sum_correctness
+
+        def strict_sum(completions, answer, **kwargs):
+            Path(__file__).with_name("called").touch()
+            return checked_sum_correctness(completions, answer)
+    """))
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"),
+                          reward_funcs=["my_rewards:strict_sum"], methods={"none": {"method": "none"}},
+                          critic=str(tmp_path / "unused"), eval_greedy=False)
+    assert main(["study", "--config", str(recipe)]) == 0
+    assert (tmp_path / "called").exists()
+    config = json.loads((tmp_path / "out" / "study_config.json").read_text())["config"]
+    assert config["reward_funcs"] == ["my_rewards:strict_sum"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"methods": {"none": {"method": "none"}, "x": {"method": "shortest", "grid": [1]}}},
+         "methods.x: unknown method 'shortest'"),
+        ({"methods": {"none": {"method": "none"}, "lin": {"method": "linear", "grid": []}}},
+         "methods.lin: grid is empty"),
+        ({"methods": {"none": {"method": "none"}, "lin": {"method": "linear", "grid": [0.1],
+                                                           "options": {"scale_reward": "batch"}}}},
+         "methods.lin: ['scale_reward'] are not LenVMGRPOConfig fields"),
+        ({"methods": {"lin": {"method": "linear", "grid": [0.1]}}}, "must include a 'none' variant"),
+        ({"reward_funcs": ["no_such_module:reward"]}, "cannot import reward function 'no_such_module:reward'"),
+        ({"seeds": []}, "seeds is empty"),
+    ],
+)
+def test_bad_recipes_fail_with_a_clear_error(tmp_path, capsys, overrides, message):
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"), **overrides)
+    assert main(["study", "--config", str(recipe)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_prompt_column_is_named(tmp_path, capsys):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"question": f"add {i} {i}", "answer": str(2 * i)}) + "\n" for i in range(20)))
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"), dataset=str(data),
+                          policy=str(tmp_path), eval_prompts=4)
+    assert main(["study", "--config", str(recipe)]) == 2
+    assert "prompt column 'prompt' not found" in capsys.readouterr().err
+
+
+def test_changed_run_settings_are_refused(finished, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(finished), rl_steps=3, report_only=True)
+    assert main(["study", "--config", str(recipe)]) == 2
+    assert "rl_steps: 2 → 3" in capsys.readouterr().err
