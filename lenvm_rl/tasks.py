@@ -1,15 +1,19 @@
 """The built-in concise-reasoning tasks: sums of digit lists, verifiable exactly, where reasoning length trades
 against accuracy.
 
-**Checked sums** (the length-method study's task, :func:`format_completion`): a completion is built from two
+**Checked chains** (the length-method study's task, :func:`format_completion`): a prompt is a chain of operations
+modulo 7 applied left to right, ``calc 3 +5 *2 +4`` (= ((3 + 5)·2 + 4) mod 7 = 6). A completion is built from two
 decisions, one of them taken in the middle of it::
 
-    [trace " "] "=" answer [" check " t1 "+" t2 ... "=" answer] EOS
+    [trace " "] "=" answer [" check " chain "=" answer] EOS
 
-The *trace* (running sums, decided at the first token) pays off on long lists only; the *check* after the answer
-(decided once the answer is written) never changes it — the reward reads the first standalone ``=N`` — so it is pure
-waste on every prompt. :func:`warmup_probabilities` gives the prompt-dependent rates at which the warm-up data uses
-each, and :func:`ideal_completion` the policy that reasons only where it pays and never checks.
+The *trace* (decided at the first token) reduces the chain one operation at a time — apply the first operation,
+copy the rest: ``1 *2 +4, 2 +4, 6`` — so that every step is one table look-up a small model gets right, while the
+answer at once needs the whole non-commutative composition in one forward pass: the trace pays off on long chains
+only. The *check* after the answer (decided once the answer is written) never changes it — the reward reads the
+first standalone ``=N`` — so it is pure waste on every prompt. :func:`warmup_probabilities` gives the
+prompt-dependent rates at which the warm-up data uses each, and :func:`ideal_completion` the policy that reasons
+only where it pays and never checks.
 
 **Plain sums** (the original demo task):
 
@@ -24,8 +28,10 @@ two styles, :func:`parse_answer` / :func:`arithmetic_correctness` check completi
 
 from __future__ import annotations
 
+import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +41,20 @@ __all__ = [
     "format_prompt",
     "format_trace",
     "format_completion",
+    "format_reduction",
     "parse_answer",
     "first_answer",
     "arithmetic_correctness",
-    "checked_sum_correctness",
+    "Chain",
+    "MODULUS",
+    "make_chains",
+    "format_chain_prompt",
+    "checked_chain_correctness",
     "completion_structure",
     "warmup_probabilities",
     "ideal_completion",
+    "expected_remaining",
+    "parse_prompt",
     "TRACE_PAYS_FROM",
     "gsm8k_correctness",
     "REWARD_FUNCTIONS",
@@ -65,14 +78,18 @@ class Problem:
         return len(self.terms)
 
 
-def make_problems(count: int, min_terms: int = 2, max_terms: int = 6, seed: int = 0) -> list[Problem]:
-    """``count`` problems with a uniform number of terms in ``[min_terms, max_terms]`` and digits 1–9."""
+def make_problems(count: int, min_terms: int = 2, max_terms: int = 6, seed: int = 0, low: int = 1,
+                  high: int = 9) -> list[Problem]:
+    """``count`` problems with a uniform number of terms in ``[min_terms, max_terms]`` and terms uniform in
+    ``[low, high]`` (digits 1–9 by default)."""
     if count < 0:
         raise ValueError(f"count must be ≥ 0, got {count}")
     if not 2 <= min_terms <= max_terms:
         raise ValueError(f"need 2 ≤ min_terms ≤ max_terms, got {min_terms}, {max_terms}")
+    if not 0 <= low <= high:
+        raise ValueError(f"need 0 ≤ low ≤ high, got {low}, {high}")
     rng = random.Random(seed)
-    return [Problem(tuple(rng.randint(1, 9) for _ in range(rng.randint(min_terms, max_terms))))
+    return [Problem(tuple(rng.randint(low, high) for _ in range(rng.randint(min_terms, max_terms))))
             for _ in range(count)]
 
 
@@ -117,38 +134,95 @@ def arithmetic_correctness(completions: list[Any], answer: list[Any], **kwargs: 
     return rewards
 
 
-# ---------------------------------------------------------------------------------------------------- checked sums
+# ---------------------------------------------------------------------------------------------------- checked chains
 
 _FIRST_ANSWER = re.compile(r"(?:^|\s)=(-?\d+)(?=\s|$)")
-# Two digits are easy to add at once; from three terms on, writing the running sums is what keeps a small model right.
+MODULUS = 7
+# One operation is easy to apply at once; from two on, writing the reduction is what keeps a small model right.
 TRACE_PAYS_FROM = 3
 
 
-def format_completion(problem: Problem, trace: bool, check: bool) -> str:
-    """A checked-sums completion (without EOS): ``[trace " "] "=" answer [" check " terms "=" answer]``.
+@dataclass(frozen=True)
+class Chain:
+    """A start value and operations ``("+", k)`` / ``("*", k)`` applied left to right modulo :data:`MODULUS`;
+    ``difficulty`` is the number of terms (operations + 1)."""
 
-    ``format_completion(Problem((3, 5, 7)), True, True) == "3+5=8 8+7=15 =15 check 3+5+7=15"``.
+    start: int
+    ops: tuple[tuple[str, int], ...]
+
+    @property
+    def answer(self) -> int:
+        value = self.start
+        for op, k in self.ops:
+            value = (value + k if op == "+" else value * k) % MODULUS
+        return value
+
+    @property
+    def difficulty(self) -> int:
+        return len(self.ops) + 1
+
+
+def make_chains(count: int, seed: int = 0, min_terms: int = 2, max_terms: int = 6) -> list[Chain]:
+    """``count`` chains with a uniform number of terms in ``[min_terms, max_terms]``: a start in 0–6, then ``+k``
+    (k in 1–6) or ``*k`` (k in 2–6) with equal odds; every operation is invertible modulo 7, so no chain collapses
+    to a constant answer."""
+    if count < 0:
+        raise ValueError(f"count must be ≥ 0, got {count}")
+    if not 2 <= min_terms <= max_terms:
+        raise ValueError(f"need 2 ≤ min_terms ≤ max_terms, got {min_terms}, {max_terms}")
+    rng = random.Random(seed)
+    chains = []
+    for _ in range(count):
+        ops = tuple(("+", rng.randint(1, 6)) if rng.random() < 0.5 else ("*", rng.randint(2, 6))
+                    for _ in range(rng.randint(min_terms, max_terms) - 1))
+        chains.append(Chain(rng.randint(0, MODULUS - 1), ops))
+    return chains
+
+
+def _ops_text(ops: tuple[tuple[str, int], ...], sep: str = " ") -> str:
+    return sep.join(f"{op}{k}" for op, k in ops)
+
+
+def format_chain_prompt(chain: Chain) -> str:
+    """The user prompt, e.g. ``"calc 3 +5 *2 +4"``."""
+    return f"calc {chain.start} {_ops_text(chain.ops)}"
+
+
+def format_reduction(chain: Chain) -> str:
+    """The trace: the chain reduced one operation at a time, ``"1 *2 +4, 2 +4, 6"`` for ``calc 3 +5 *2 +4``."""
+    value, steps = chain.start, []
+    for index, (op, k) in enumerate(chain.ops):
+        value = (value + k if op == "+" else value * k) % MODULUS
+        rest = chain.ops[index + 1:]
+        steps.append(f"{value} {_ops_text(rest)}".strip())
+    return ", ".join(steps)
+
+
+def format_completion(chain: Chain, trace: bool, check: bool) -> str:
+    """A checked-chains completion (without EOS): ``[trace " "] "=" answer [" check " chain "=" answer]``.
+
+    ``format_completion(Chain(3, (("+", 5), ("*", 2))), True, True) == "1 *2, 2 =2 check 3+5*2=2"``.
     """
-    text = f"={problem.answer}"
+    text = f"={chain.answer}"
     if trace:
-        text = format_trace(problem, verbose=True)
+        text = f"{format_reduction(chain)} {text}"
     if check:
-        text += " check " + "+".join(str(t) for t in problem.terms) + f"={problem.answer}"
+        text += f" check {chain.start}{_ops_text(chain.ops, '')}={chain.answer}"
     return text
 
 
 def first_answer(completion: Any) -> int | None:
-    """The answer of a checked-sums completion: the integer of the first standalone ``=N`` (``=`` at the start or
-    after whitespace, ``N`` followed by whitespace or the end). Trace steps (``3+5=8``) and a check after the answer
-    never count. ``None`` if there is none."""
+    """The answer of a checked-chains completion: the integer of the first standalone ``=N`` (``=`` at the start or
+    after whitespace, ``N`` followed by whitespace or the end). The trace and a check after the answer never count.
+    ``None`` if there is none."""
     if not isinstance(completion, str):
         return None
     match = _FIRST_ANSWER.search(completion)
     return int(match.group(1)) if match else None
 
 
-def checked_sum_correctness(completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float]:
-    """TRL reward function of the checked-sums task: 1.0 when :func:`first_answer` equals the ``answer`` column,
+def checked_chain_correctness(completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float]:
+    """TRL reward function of the checked-chains task: 1.0 when :func:`first_answer` equals the ``answer`` column,
     else 0.0. Whatever follows the answer (a check, or junk) cannot change the reward."""
     rewards = []
     for completion, expected in zip(completions, answer, strict=True):
@@ -158,25 +232,63 @@ def checked_sum_correctness(completions: list[Any], answer: list[Any], **kwargs:
 
 
 def completion_structure(completion: Any) -> dict[str, bool]:
-    """Which segments a checked-sums completion holds: ``{"trace": ..., "check": ...}`` (a trace is any ``a+b=c``
+    """Which segments a checked-chains completion holds: ``{"trace": ..., "check": ...}`` (a trace is any digit
     before the answer; a check is the word ``check`` after it)."""
     text = _completion_text(completion)
     match = _FIRST_ANSWER.search(text)
     before, after = (text[: match.start()], text[match.end():]) if match else (text, "")
-    return {"trace": bool(re.search(r"\d\+\d", before)), "check": "check" in after}
+    return {"trace": bool(re.search(r"\d", before)), "check": "check" in after}
 
 
-def warmup_probabilities(problem: Problem) -> dict[str, float]:
-    """How often the warm-up data writes each segment for ``problem``: the trace more often on longer lists
-    (``0.25 + 0.1 (d - 2)``, from 0.25 at two terms to 0.65 at six: wasted on short lists, too rare on long ones), the
-    check at a rate set by the first term's parity (0.6 odd, 0.2 even), unrelated to difficulty."""
-    return {"trace": 0.25 + 0.1 * (problem.difficulty - 2), "check": 0.6 if problem.terms[0] % 2 else 0.2}
+def warmup_probabilities(chain: Chain) -> dict[str, float]:
+    """How often the warm-up data writes each segment for ``chain``: the trace more often on longer chains
+    (``0.25 + 0.1 (d - 2)``, from 0.25 at two terms to 0.65 at six: wasted on short chains, too rare on long ones),
+    the check at a rate set by the start's parity (0.6 odd, 0.2 even), unrelated to difficulty."""
+    return {"trace": 0.25 + 0.1 * (chain.difficulty - 2), "check": 0.6 if chain.start % 2 else 0.2}
 
 
-def ideal_completion(problem: Problem) -> str:
+def ideal_completion(chain: Chain) -> str:
     """What a policy that reasons only where it pays and never checks writes: the trace from
     :data:`TRACE_PAYS_FROM` terms on, never the check."""
-    return format_completion(problem, trace=problem.difficulty >= TRACE_PAYS_FROM, check=False)
+    return format_completion(chain, trace=chain.difficulty >= TRACE_PAYS_FROM, check=False)
+
+
+def parse_prompt(prompt: Any) -> Chain:
+    """The :class:`Chain` of a prompt ``"calc 3 +5 *2"`` (a string or a one-message chat list)."""
+    text = prompt[0]["content"] if isinstance(prompt, list) else str(prompt)
+    words = text.split()
+    ops = []
+    for word in words[2:]:
+        if len(word) < 2 or word[0] not in "+*" or not word[1:].isdigit():
+            ops = None
+            break
+        ops.append((word[0], int(word[1:])))
+    if len(words) < 3 or words[0] != "calc" or not words[1].isdigit() or ops is None:
+        raise ValueError(f"not a chain prompt (expected 'calc s +k *k ...'): {text!r}")
+    return Chain(int(words[1]), tuple(ops))
+
+
+def expected_remaining(chain: Chain, prefix: str, length: Callable[[str], int], gamma: float) -> float | None:
+    """The warm-up policy's value-space expected remaining length (tokens, EOS counted) after ``prefix`` of a
+    checked-chains completion — what an oracle critic of that policy predicts at the two decisions: before the first
+    token (trace or not, check or not) and right after the answer (check or stop). ``length(text)`` counts tokens.
+    Returns ``ln(E[γ^R]) / ln γ`` over the completions the warm-up data writes that start with ``prefix`` (weighted by
+    :func:`warmup_probabilities`), or ``None`` when none does."""
+    rates = warmup_probabilities(chain)
+    expectation, total = 0.0, 0.0
+    for trace in (False, True):
+        for check in (False, True):
+            weight = ((rates["trace"] if trace else 1 - rates["trace"])
+                      * (rates["check"] if check else 1 - rates["check"]))
+            text = format_completion(chain, trace, check)
+            if not text.startswith(prefix):
+                continue
+            remaining = length(text[len(prefix):]) + 1 if len(text) > len(prefix) else 1
+            expectation += weight * gamma ** remaining
+            total += weight
+    if total == 0.0:
+        return None
+    return math.log(expectation / total) / math.log(gamma)
 
 
 # ---------------------------------------------------------------------------------------------------- GSM8K
@@ -208,6 +320,6 @@ def gsm8k_correctness(completions: list[Any], answer: list[str], **kwargs: Any) 
 
 REWARD_FUNCTIONS = {
     "arithmetic_correctness": arithmetic_correctness,
-    "checked_sum_correctness": checked_sum_correctness,
+    "checked_chain_correctness": checked_chain_correctness,
     "gsm8k_correctness": gsm8k_correctness,
 }

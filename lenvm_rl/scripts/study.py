@@ -1,6 +1,6 @@
 """``lenvm-rl study``: a fair, powered comparison of length methods that any task can plug into.
 
-From one starting policy (a path, or the built-in warm-up on the checked-sums task of :mod:`lenvm_rl.tasks`), with
+From one starting policy (a path, or the built-in warm-up on the checked-chains task of :mod:`lenvm_rl.tasks`), with
 one LenVM critic trained on that policy's rollouts (or given), every (method variant, coefficient, seed) of the recipe
 gets the same RL budget (steps, prompts and samples per step, learning rate) and the same evaluation (held-out prompts
 × samples at temperature 1, plus greedy). Each run's result is saved the moment it finishes, and a rerun skips
@@ -79,11 +79,11 @@ class StudyConfig:
     policy: str = field(
         default=BUILTIN,
         metadata={"help": "Starting policy: a local directory (causal LM + tokenizer), or 'builtin' (a tiny Llama "
-                          "warmed up with TRL's SFTTrainer on the checked-sums task)."},
+                          "warmed up with TRL's SFTTrainer on the checked-chains task)."},
     )
     dataset: str = field(
         default=BUILTIN,
-        metadata={"help": "Prompts: 'builtin' (checked sums, generated) or a save_to_disk directory / json(l) / "
+        metadata={"help": "Prompts: 'builtin' (checked chains, generated) or a save_to_disk directory / json(l) / "
                           "parquet file with train and eval splits (a single file: its first eval_prompts rows are "
                           "held out)."},
     )
@@ -94,7 +94,7 @@ class StudyConfig:
         default="difficulty", metadata={"help": "Optional column to break results down by (None: no breakdown)."}
     )
     reward_funcs: list[str] = field(
-        default_factory=lambda: ["lenvm_rl.tasks:checked_sum_correctness"],
+        default_factory=lambda: ["lenvm_rl.tasks:checked_chain_correctness"],
         metadata={"help": "Task rewards as import paths module:function (or built-in names); the first one defines "
                           "correctness (accuracy and the LenVM gate)."},
     )
@@ -125,7 +125,7 @@ class StudyConfig:
     rl_learning_rate: float = field(default=5e-5, metadata={"help": "Policy learning rate of every RL run."})
     rl_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature during RL."})
     rl_beta: float = field(default=0.0, metadata={"help": "KL coefficient of every RL run."})
-    max_completion_length: int = field(default=72, metadata={"help": "Token limit (RL and evaluation)."})
+    max_completion_length: int = field(default=80, metadata={"help": "Token limit (RL and evaluation)."})
     eval_prompts: int = field(default=400, metadata={"help": "Held-out prompts evaluated."})
     eval_samples: int = field(default=4, metadata={"help": "Samples per evaluation prompt."})
     eval_temperature: float = field(default=1.0, metadata={"help": "Evaluation sampling temperature."})
@@ -138,7 +138,7 @@ class StudyConfig:
         metadata={"help": "Matched accuracies: no-length-term accuracy minus these (the first is the headline)."},
     )
     threads: int = field(default=2, metadata={"help": "torch threads (set it; two jobs × all cores thrash)."})
-    device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu or cuda."})
     report_only: bool = field(default=False, metadata={"help": "Write the report from finished runs; run nothing."})
     smoke: bool = field(
         default=False, metadata={"help": "Mark the report as a smoke test whose numbers mean nothing."}
@@ -183,6 +183,9 @@ class StudyConfig:
                      "max_completion_length", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        from ..data import resolve_device
+
+        self.device = resolve_device(self.device).type
         if self.rl_generations < 2:
             raise ValueError("rl_generations must be ≥ 2: GRPO normalizes within groups of completions")
 
@@ -241,10 +244,10 @@ class StageClock:
 
 
 def _builtin_rows(count: int, seed: int) -> list[dict[str, Any]]:
-    from ..tasks import format_prompt, make_problems
+    from ..tasks import format_chain_prompt, make_chains
 
-    return [{"prompt": [{"role": "user", "content": format_prompt(p)}], "answer": str(p.answer),
-             "difficulty": p.difficulty} for p in make_problems(count, seed=seed)]
+    return [{"prompt": [{"role": "user", "content": format_chain_prompt(c)}], "answer": str(c.answer),
+             "difficulty": c.difficulty} for c in make_chains(count, seed=seed)]
 
 
 def _load_splits(config: StudyConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -281,12 +284,12 @@ def _load_splits(config: StudyConfig) -> tuple[list[dict[str, Any]], list[dict[s
 
 
 def _warm_up(config: StudyConfig, out: Path) -> Path:
-    """The built-in starting policy: a tiny Llama fitted with TRL's SFTTrainer on checked-sums completions written
+    """The built-in starting policy: a tiny Llama fitted with TRL's SFTTrainer on checked-chains completions written
     with the prompt-dependent rates of :func:`lenvm_rl.tasks.warmup_probabilities`."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from ..tasks import format_completion, format_prompt, make_problems, warmup_probabilities
+    from ..tasks import format_chain_prompt, format_completion, make_chains, warmup_probabilities
     from ..tiny import save_tiny_causal_lm
 
     policy = out / "policy"
@@ -294,10 +297,10 @@ def _warm_up(config: StudyConfig, out: Path) -> Path:
         return policy
     rng = random.Random(config.data_seed + 1)
     rows = []
-    for problem in make_problems(config.warmup_problems, seed=config.data_seed + 1):
-        rates = warmup_probabilities(problem)
-        text = format_completion(problem, trace=rng.random() < rates["trace"], check=rng.random() < rates["check"])
-        rows.append({"prompt": [{"role": "user", "content": format_prompt(problem)}],
+    for chain in make_chains(config.warmup_problems, seed=config.data_seed + 1):
+        rates = warmup_probabilities(chain)
+        text = format_completion(chain, trace=rng.random() < rates["trace"], check=rng.random() < rates["check"])
+        rows.append({"prompt": [{"role": "user", "content": format_chain_prompt(chain)}],
                      "completion": [{"role": "assistant", "content": text}]})
     initial = save_tiny_causal_lm(out / "policy-init", "llama", seed=config.data_seed,
                                   hidden_size=config.warmup_hidden_size, num_layers=config.warmup_layers)
@@ -483,6 +486,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             if "critic" not in done:
                 clock.finish("critic", started)
             if critic_metrics is not None:
+                if config.dataset == BUILTIN and "decisions" not in critic_metrics:
+                    critic_metrics["decisions"] = _critic_at_decisions(critic, out / "rollouts")
                 _write_json(out / "critic_metrics.json", critic_metrics)
 
         if not (out / "start.json").exists():
@@ -524,9 +529,9 @@ def _prompt_table(config: StudyConfig, rows: list[dict[str, Any]], tokenizer: An
     if config.difficulty_column:
         table["difficulty"] = [row[config.difficulty_column] for row in rows]
     if config.dataset == BUILTIN:
-        from ..tasks import Problem, ideal_completion
+        from ..tasks import ideal_completion, parse_prompt
 
-        problems = [Problem(tuple(int(t) for t in row["prompt"][0]["content"].split()[1:])) for row in rows]
+        problems = [parse_prompt(row[config.prompt_column]) for row in rows]
         table["ideal_tokens"] = [len(tokenizer(ideal_completion(p), add_special_tokens=False)["input_ids"]) + 1
                                  for p in problems]
     return table
@@ -535,17 +540,77 @@ def _prompt_table(config: StudyConfig, rows: list[dict[str, Any]], tokenizer: An
 def _forced_decisions(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
                       correctness: Callable[..., Any]) -> dict[str, list[float]]:
     """Accuracy of the starting policy when its first decision is forced: answer at once (``=``) or trace (the
-    first term and ``+``). Per prompt; the report breaks it down by difficulty to show where the trace pays."""
+    first character of the trace's first step). Per prompt; the report breaks it down by difficulty to show where
+    the trace pays."""
     from ..study.evaluate import evaluate_policy
+    from ..tasks import format_reduction, parse_prompt
 
     common = {"num_samples": config.eval_samples, "temperature": config.eval_temperature,
               "max_new_tokens": config.max_completion_length, "seed": config.data_seed,
               "prompt_column": config.prompt_column, "threshold": config.success_threshold}
     direct = evaluate_policy(model, tokenizer, rows, correctness, prefix=lambda row: "=", **common)
     traced = evaluate_policy(model, tokenizer, rows, correctness,
-                             prefix=lambda row: row["prompt"][0]["content"].split()[1] + "+", **common)
+                             prefix=lambda row: format_reduction(parse_prompt(row[config.prompt_column]))[0],
+                             **common)
     return {"direct_correct": direct["correct"].tolist(), "direct_tokens": direct["tokens"].tolist(),
             "trace_correct": traced["correct"].tolist(), "trace_tokens": traced["tokens"].tolist()}
+
+
+def _critic_at_decisions(critic_path: str, rollouts: Path) -> dict[str, dict[str, float]]:
+    """The critic's error where the checked-chains task decides its length, on held-out rollouts of the starting
+    policy: before the first token (trace or not) and right after the answer (check or stop). Compared with the
+    warm-up policy's own expected remaining length there (:func:`lenvm_rl.tasks.expected_remaining`, value space),
+    which an oracle critic of the starting policy would predict. States whose text strays from the task's grammar
+    are skipped."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..data import pad_prompt_completion_batch
+    from ..length_math import value_to_length
+    from ..modeling import LengthValueModel
+    from ..rollout import load_rollouts
+    from ..tasks import _FIRST_ANSWER, expected_remaining, parse_prompt
+
+    critic = LengthValueModel.from_pretrained(critic_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(critic_path)
+    gamma = critic.gamma
+    splits, _ = load_rollouts(rollouts)
+    rows = [row for row in splits["eval" if "eval" in splits else "train"] if row["terminated"]]
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    errors: dict[str, list[tuple[float, float]]] = {"first token": [], "after the answer": []}
+    for start in range(0, len(rows), 64):
+        chunk = rows[start:start + 64]
+        tensors = pad_prompt_completion_batch(chunk, tokenizer.pad_token_id)
+        with torch.no_grad():
+            values = critic.values_for_completions(*tensors).double()
+        for index, row in enumerate(chunk):
+            prompt = tokenizer.decode(row["prompt_ids"], skip_special_tokens=True)
+            try:
+                problem = parse_prompt(prompt.strip())
+            except ValueError:
+                continue
+            text = tokenizer.decode(row["completion_ids"], skip_special_tokens=True)
+            match = _FIRST_ANSWER.search(text)
+            states = {"first token": ""}
+            if match:
+                states["after the answer"] = text[: match.end()]
+            for name, prefix in states.items():
+                oracle = expected_remaining(problem, prefix, count, gamma)
+                column = count(prefix)
+                if oracle is None or column > len(row["completion_ids"]):
+                    continue
+                predicted = float(value_to_length(values[index, column], gamma))
+                errors[name].append((predicted, oracle))
+    summary = {}
+    for name, pairs in errors.items():
+        if pairs:
+            predicted, oracle = (np.asarray(v) for v in zip(*pairs, strict=True))
+            summary[name] = {"states": len(pairs), "predicted": float(predicted.mean()), "oracle": float(oracle.mean()),
+                             "relative_error": float(np.mean(np.abs(predicted - oracle) / np.maximum(oracle, 1.0)))}
+    return summary
 
 
 def _write_results_jsonl(config: StudyConfig, out: Path) -> None:

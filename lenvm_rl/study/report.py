@@ -182,6 +182,15 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
                   f"{_fmt(critic.get('mre_vs_constant'), 2)}); relative remaining-length error at 0/25/50/75% of a "
                   "completion: " + ", ".join(_fmt(critic.get(f"rel_err_at_{p}pct")) for p in (0, 25, 50, 75))
                   + f"; γ = {_fmt(critic.get('gamma'), 4)}.", ""]
+        decisions = critic.get("decisions") or {}
+        if decisions:
+            lines += ["Where the length is decided (the starting policy's own expected remaining length there is what "
+                      "an oracle critic would predict):", "",
+                      "| decision state | states | critic's remaining tokens | oracle | mean relative error |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {name} | {d['states']} | {d['predicted']:.1f} | {d['oracle']:.1f} | "
+                      f"{d['relative_error']:.3f} |" for name, d in decisions.items()]
+            lines += [""]
     if start and "forced" in start and prompt_table.get("difficulty"):
         lines += _forced_section(start, prompt_table["difficulty"])
     if stage_seconds:
@@ -295,7 +304,7 @@ def _runs_section(table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray, b
     header += ["trace rate", "check rate"] if structure else []
     header += [f"tokens d={d}" for d in levels]
     lines = ["## Every configuration", "", "Means over seeds and prompts. Rates: fraction of sampled completions that "
-             "write the trace / the check (checked-sums task).", "",
+             "write the trace / the check (checked-chains task).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def row(name: str, coef: str, runs: str, metrics: dict[str, np.ndarray], acc_ci: str, tok_ci: str) -> str:
