@@ -1,10 +1,16 @@
-"""Loading prompt datasets and rendering prompts the way the policy expects (chat template when it has one)."""
+"""Loading prompt datasets and rendering prompts the way the policy expects (chat template when it has one), and
+the checks around them: local paths that do not exist fail at once (:func:`check_local_path`), prompts that the
+tokenizer does not give back intact are reported (:func:`check_prompt_round_trip`), and tokenizers are identified by
+a record that explains a mismatch (:func:`tokenizer_record`, :func:`check_same_tokenizer`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,12 @@ __all__ = [
     "load_prompt_dataset",
     "render_prompt",
     "tokenizer_fingerprint",
+    "tokenizer_record",
+    "TokenizerFingerprint",
+    "describe_tokenizer_difference",
     "check_same_tokenizer",
+    "check_prompt_round_trip",
+    "evenly_spaced_indices",
     "pad_prompt_completion_batch",
     "resolve_device",
 ]
@@ -124,8 +135,28 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A short hash of a tokenizer's vocabulary and EOS/pad ids: equal fingerprints mean token ids agree."""
+# Encoded into every tokenizer record: spaces between digits, punctuation, a newline and mixed case are what
+# tokenizers most often lose or merge differently (a byte-level pre-tokenizer over a character vocabulary drops
+# the spaces of "3 2 8 7 9?").
+TOKENIZER_PROBE_TEXT = "Add 3 2 8 7 9? The answer,\nplease: 29."
+
+
+class TokenizerFingerprint(str):
+    """A tokenizer fingerprint: the short hash of its vocabulary and EOS id (a plain ``str``, compared and written to
+    JSON as before), optionally carrying the full record of :func:`tokenizer_record` in ``.record`` so that a
+    mismatch can be explained, and so that tokenizers with one vocabulary but different pre-tokenizers (which encode
+    the same text differently) are told apart. Fingerprints read from old ``rollout_info.json`` files carry no
+    record; they are compared by hash only."""
+
+    record: dict[str, Any] | None
+
+    def __new__(cls, value: str, record: dict[str, Any] | None = None) -> TokenizerFingerprint:
+        fingerprint = super().__new__(cls, value)
+        fingerprint.record = record
+        return fingerprint
+
+
+def _vocab_hash(tokenizer: Any) -> str:
     payload = {
         "vocab": sorted(tokenizer.get_vocab().items()),
         "eos": tokenizer.eos_token_id,
@@ -133,14 +164,177 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_same_tokenizer(expected: str, tokenizer: Any, what: str) -> None:
-    """Raise ``ValueError`` when ``tokenizer``'s fingerprint differs from ``expected`` (``what`` names the pairing)."""
-    actual = tokenizer_fingerprint(tokenizer)
-    if actual != expected:
-        raise ValueError(
-            f"{what}: tokenizers differ (fingerprint {actual} vs {expected}): the critic's tokenizer differs from the "
-            "policy's, and the critic reads the policy's token ids, so both must share one tokenizer"
-        )
+def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
+    """What identifies a tokenizer, for ``rollout_info.json`` and for explaining mismatches: ``fingerprint`` (the
+    hash of :func:`tokenizer_fingerprint`), ``class`` (the class transformers loaded), ``name_or_path``,
+    ``vocab_size`` (``len(tokenizer)``, added tokens included), ``special_tokens`` (``{name: [token, id]}``) and
+    ``probe_ids`` (the ids of :data:`TOKENIZER_PROBE_TEXT`, no special tokens added)."""
+    special = {}
+    for name, token in sorted(getattr(tokenizer, "special_tokens_map", {}).items()):
+        if isinstance(token, str):
+            special[name] = [token, tokenizer.convert_tokens_to_ids(token)]
+    probe = tokenizer(TOKENIZER_PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    return {
+        "fingerprint": _vocab_hash(tokenizer),
+        "class": type(tokenizer).__name__,
+        "name_or_path": getattr(tokenizer, "name_or_path", None),
+        "vocab_size": len(tokenizer),
+        "special_tokens": special,
+        "probe_text": TOKENIZER_PROBE_TEXT,
+        "probe_ids": [int(i) for i in probe],
+    }
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> TokenizerFingerprint:
+    """A short hash of a tokenizer's vocabulary and EOS id (equal hashes mean the vocabularies agree), carrying the
+    tokenizer's :func:`tokenizer_record` in ``.record``."""
+    record = tokenizer_record(tokenizer)
+    return TokenizerFingerprint(record["fingerprint"], record)
+
+
+def _as_record(expected: str | Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """``(hash, record or None)`` from a fingerprint, a record, or a ``rollout_info.json`` dict."""
+    if isinstance(expected, Mapping):
+        if "tokenizer_record" in expected or "tokenizer_fingerprint" in expected:  # a rollout_info.json dict
+            record = expected.get("tokenizer_record")
+            return str(record["fingerprint"] if record else expected["tokenizer_fingerprint"]), record
+        return str(expected["fingerprint"]), dict(expected)
+    return str(expected), getattr(expected, "record", None)
+
+
+def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Index of the first position where ``a`` and ``b`` differ (the shorter length when one is a prefix)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def describe_tokenizer_difference(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
+    """One sentence per difference between two :func:`tokenizer_record` s: the classes loaded, vocabulary size,
+    special tokens, and the first token where the probe text's encodings part."""
+    parts = [f"the expected tokenizer is {expected.get('class')} ({expected.get('name_or_path') or 'in memory'}), "
+             f"the one loaded here is {actual.get('class')} ({actual.get('name_or_path') or 'in memory'})"]
+    if expected.get("vocab_size") != actual.get("vocab_size"):
+        parts.append(f"vocab size {expected.get('vocab_size')} vs {actual.get('vocab_size')}")
+    expected_special, actual_special = expected.get("special_tokens") or {}, actual.get("special_tokens") or {}
+    special = [f"{name} {expected_special.get(name)} vs {actual_special.get(name)}"
+               for name in sorted(set(expected_special) | set(actual_special))
+               if expected_special.get(name) != actual_special.get(name)]
+    if special:
+        parts.append("special tokens differ ([token, id]): " + "; ".join(special))
+    expected_ids, actual_ids = list(expected.get("probe_ids") or []), list(actual.get("probe_ids") or [])
+    if expected_ids != actual_ids:
+        first = _first_difference(expected_ids, actual_ids)
+        parts.append(f"they encode {expected.get('probe_text', TOKENIZER_PROBE_TEXT)!r} differently from token "
+                     f"{first} on: {expected_ids[first:first + 8]} vs {actual_ids[first:first + 8]} "
+                     f"({len(expected_ids)} vs {len(actual_ids)} tokens)")
+    if len(parts) == 1:
+        parts.append("same size, special tokens and probe encoding, but some token ids map to different strings")
+    return "; ".join(parts)
+
+
+def check_same_tokenizer(expected: str | Mapping[str, Any], tokenizer: Any, what: str) -> None:
+    """Raise ``ValueError`` when ``tokenizer`` differs from ``expected``: a fingerprint (a plain hash, from an old
+    ``rollout_info.json``, is compared by hash only), a :func:`tokenizer_record`, or a ``rollout_info.json`` dict.
+    With a record on both sides, tokenizers that share a vocabulary but encode the probe text differently also
+    differ (same vocabulary, other pre-tokenizer), and the message names each side's class and what differs: vocab
+    size, special tokens, the first mismatching ids (``what`` names the pairing)."""
+    expected_hash, expected_record = _as_record(expected)
+    actual = tokenizer_record(tokenizer)
+    # Special tokens are reported but not compared: a pad token set on one side only (TRL sets pad = EOS) changes
+    # no token id of a prompt or completion.
+    same_vocab = actual["fingerprint"] == expected_hash
+    same_encoding = expected_record is None or "probe_ids" not in expected_record or (
+        list(expected_record["probe_ids"]) == actual["probe_ids"])
+    if same_vocab and same_encoding:
+        return
+    if expected_record is not None:
+        details = describe_tokenizer_difference(expected_record, actual)
+    else:
+        details = (f"the tokenizer loaded here is {actual['class']} ({actual['name_or_path'] or 'in memory'}, "
+                   f"vocab size {actual['vocab_size']}); the expected side recorded only a hash (written by an older "
+                   "lenvm_rl; re-run `lenvm-rl rollout` for a full record)")
+    hashes = (f"fingerprint {actual['fingerprint']} vs {expected_hash}" if not same_vocab
+              else f"same vocabulary, fingerprint {expected_hash}, but different encodings")
+    raise ValueError(
+        f"{what}: tokenizers differ ({hashes}): {details}. The critic's tokenizer differs from the policy's, and the "
+        "critic reads the policy's token ids, so both must share one tokenizer (pass the same tokenizer_name_or_path)"
+    )
+
+
+def _segments(text: str, special_tokens: Sequence[str]) -> list[str]:
+    """``text`` cut at special tokens, each piece stripped of surrounding whitespace, empty pieces dropped."""
+    if special_tokens:
+        pattern = "|".join(re.escape(token) for token in sorted(special_tokens, key=len, reverse=True))
+        pieces = re.split(pattern, text)
+    else:
+        pieces = [text]
+    return [piece.strip() for piece in pieces if piece.strip()]
+
+
+def _difference_window(original: str, decoded: str, width: int = 40) -> tuple[str, str]:
+    """Both strings cut to ``width`` characters either side of where they first differ."""
+    first = _first_difference(original, decoded)
+    start = max(0, first - width)
+
+    def cut(text: str) -> str:
+        return ("…" if start else "") + text[start:first + width] + ("…" if len(text) > first + width else "")
+
+    return cut(original), cut(decoded)
+
+
+def evenly_spaced_indices(total: int, count: int) -> list[int]:
+    """At most ``count`` distinct indices spread evenly over ``range(total)``, first and last included: a
+    deterministic sample of a dataset (e.g. prompts to check) that does not favour its beginning."""
+    count = min(count, total)
+    if count <= 0:
+        return []
+    return sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def check_prompt_round_trip(
+    tokenizer: Any,
+    texts: Sequence[str],
+    what: str,
+    token_ids: Sequence[Sequence[int]] | None = None,
+    add_special_tokens: bool = False,
+    sample_size: int = 32,
+) -> bool:
+    """Warn (``UserWarning``, with one corrupted example) when rendered prompts do not survive the tokenizer:
+    ``decode(encode(text))`` must give back ``text``. Returns whether all sampled prompts survived.
+
+    Special tokens (BOS, chat-role markers) may render with other spacing or be added by the tokenizer, so both
+    sides are compared as their pieces between special tokens, each stripped of surrounding whitespace; any other
+    change (dropped spaces, characters mapped to unk, merged text) is a corruption. ``token_ids`` are the ids the
+    caller already encoded (else each text is encoded with ``add_special_tokens``); at most ``sample_size`` prompts,
+    evenly spaced, are checked. ``what`` names the caller in the warning.
+    """
+    texts = list(texts)
+    if not texts:
+        return True
+    indices = evenly_spaced_indices(len(texts), sample_size)
+    special = [str(t) for t in getattr(tokenizer, "all_special_tokens", [])]
+    special += [str(t) for t in getattr(tokenizer, "additional_special_tokens", []) or []]
+    added = getattr(tokenizer, "get_added_vocab", lambda: {})()
+    special += [token for token in added if token not in special]
+    failures = []
+    for index in indices:
+        text = texts[index]
+        ids = token_ids[index] if token_ids is not None else tokenizer(
+            text, add_special_tokens=add_special_tokens)["input_ids"]
+        decoded = tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if _segments(decoded, special) != _segments(text, special):
+            failures.append((text, decoded))
+    if not failures:
+        return True
+    original, decoded = _difference_window(*failures[0])
+    warnings.warn(
+        f"{what}: the tokenizer ({type(tokenizer).__name__}, {getattr(tokenizer, 'name_or_path', '')}) does not "
+        f"round-trip {len(failures)} of {len(indices)} sampled prompts: {original!r} comes back as {decoded!r} after "
+        "encode/decode, so the model sees corrupted prompts. Check that transformers loaded the tokenizer you meant "
+        "(the class above; pass tokenizer_name_or_path to load another one)",
+        UserWarning,
+        stacklevel=2,
+    )
+    return False
 
 
 def pad_prompt_completion_batch(

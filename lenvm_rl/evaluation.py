@@ -134,17 +134,26 @@ def critic_metrics(
     return result
 
 
-def plot_calibration(evaluation: CriticEvaluation, path: str | Path, bins: int = 20) -> None:
-    """Scatter of predicted vs realized remaining length with binned means and the identity line (PNG)."""
+def plot_calibration(evaluation: CriticEvaluation, path: str | Path, bins: int = 20,
+                     constant_prediction: float | None = None) -> None:
+    """Predicted vs realized remaining length (PNG): every evaluated token (scatter, binned means), the identity
+    line, the critic's prompt-boundary predictions per prompt against the value-space ground truth, and the
+    constant baseline's prediction (the same length for every prompt: a horizontal line), with both MREs in the
+    legend. ``constant_prediction`` defaults to ``evaluation.constant_prediction`` (from :func:`critic_metrics`
+    with a ``baseline_value``); without either, no baseline is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if constant_prediction is None:
+        constant_prediction = evaluation.constant_prediction
+    scalars = evaluation.scalars() if evaluation.prompt_predicted else {}
     predicted = torch.tensor(evaluation.calibration_predicted)
     realized = torch.tensor(evaluation.calibration_realized)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.scatter(realized, predicted, s=3, alpha=0.25, label="tokens")
+    top = 0.0
     if len(realized):
         edges = torch.linspace(0, float(realized.max()) + 1e-9, bins + 1)
         centers, means = [], []
@@ -155,11 +164,26 @@ def plot_calibration(evaluation: CriticEvaluation, path: str | Path, bins: int =
                 means.append(float(predicted[inside].mean()))
         ax.plot(centers, means, "o-", color="C3", label="binned mean")
         top = float(max(realized.max(), predicted.max()))
+    if evaluation.prompt_predicted:
+        label = "critic at the prompt boundary (per prompt)"
+        if "prompt_mre" in scalars:
+            label += f", MRE {scalars['prompt_mre']:.3f}"
+        ax.scatter(evaluation.prompt_truth_value_space, evaluation.prompt_predicted, s=28, marker="D",
+                   facecolors="none", edgecolors="C2", linewidths=1.2, label=label)
+        top = max(top, *evaluation.prompt_truth_value_space, *evaluation.prompt_predicted)
+    if constant_prediction is not None:
+        label = f"constant baseline ({constant_prediction:.1f} tokens for every prompt)"
+        if evaluation.prompt_truth_value_space:
+            constant_mre = CriticEvaluation._mre(constant_prediction, evaluation.prompt_truth_value_space)
+            label += f", MRE {constant_mre:.3f}"
+        ax.axhline(constant_prediction, color="C7", linestyle=":", linewidth=1.5, label=label)
+        top = max(top, constant_prediction)
+    if top > 0:
         ax.plot([0, top], [0, top], "k--", linewidth=1, label="perfect")
-    ax.set_xlabel("realized remaining tokens")
+    ax.set_xlabel("realized remaining tokens (prompt boundary: value-space ground truth)")
     ax.set_ylabel("predicted remaining tokens")
     ax.set_title(f"LenVM calibration (γ={evaluation.gamma:.4g})")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     save_figure(fig, path)
 

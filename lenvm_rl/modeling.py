@@ -202,7 +202,8 @@ class LengthValueModel(PreTrainedModel):
 
         Args:
             backbone: hub name, local directory, or an already loaded model. A causal-LM checkpoint is fine: its
-                base model is loaded and the LM head is dropped.
+                base model is loaded and the LM head is dropped. A name that looks like a local path
+                (:func:`~lenvm_rl.data.looks_like_local_path`) but does not exist raises ``FileNotFoundError``.
             gamma: discount in (0, 1), or ``None`` to set later (e.g. ``gamma: auto`` in critic training).
             head_hidden_size: width of the head's hidden layer (default: the backbone's hidden size).
             trust_remote_code: passed to transformers; off unless asked.
@@ -216,6 +217,7 @@ class LengthValueModel(PreTrainedModel):
             check_decoder_config(model.config)
         else:
             name = str(backbone)
+            _check_local_path(name, "backbone")
             decoder_config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
             check_decoder_config(decoder_config)
             load_kwargs.setdefault("use_safetensors", True)
@@ -252,6 +254,7 @@ class LengthValueModel(PreTrainedModel):
         there, so it must be given (the paper uses 0.997 for Qwen2.5 critics, 0.9998 for Qwen3).
         """
         gamma = check_gamma(gamma)
+        _check_local_path(checkpoint, "upstream checkpoint")
         head_path = _resolve_checkpoint_file(checkpoint, UPSTREAM_HEAD_FILE)
         state = load_file(str(head_path))
         for key in _UPSTREAM_KEYS:
@@ -281,7 +284,10 @@ class LengthValueModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         """``PreTrainedModel.from_pretrained`` restricted to safetensors (never unpickles) and without remote code
-        unless asked. ``gamma=`` overrides the γ stored in the config (for checkpoints saved without one)."""
+        unless asked. ``gamma=`` overrides the γ stored in the config (for checkpoints saved without one). A name
+        that looks like a local path but is not there fails at once (``FileNotFoundError``) instead of going to
+        the hub."""
+        _check_local_path(pretrained_model_name_or_path, "critic")
         kwargs.setdefault("use_safetensors", True)
         kwargs.setdefault("trust_remote_code", False)
         gamma = kwargs.pop("gamma", None)
@@ -403,6 +409,14 @@ class LengthValueModel(PreTrainedModel):
         empty = prompt_ids.new_zeros((prompt_ids.shape[0], 0))
         values = self.values_for_completions(prompt_ids, prompt_mask, empty, empty, micro_batch_size)
         return value_to_length(values[:, 0], self.gamma)
+
+
+def _check_local_path(name: Any, what: str) -> None:
+    # data.py imports datasets; load it only when a path is actually checked.
+    from .data import check_local_path
+
+    if isinstance(name, (str, os.PathLike)):
+        check_local_path(name, what)
 
 
 def _resolve_checkpoint_file(checkpoint: str | os.PathLike, filename: str) -> Path:

@@ -29,7 +29,15 @@ import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
-from .data import load_prompt_dataset, render_prompt, resolve_device, tokenizer_fingerprint
+from .data import (
+    TokenizerFingerprint,
+    check_local_path,
+    check_prompt_round_trip,
+    load_prompt_dataset,
+    render_prompt,
+    resolve_device,
+    tokenizer_record,
+)
 from .io import directory_replaced_atomically, write_text_atomically
 from .modeling import check_tokenizer
 
@@ -51,6 +59,9 @@ class RolloutConfig:
         metadata={"help": "Prompts: a local json/jsonl/parquet/csv file, a save_to_disk directory, or a hub name."}
     )
     output_dir: str = field(metadata={"help": "Where to save the rollout dataset (train/eval DatasetDict)."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to render and encode prompts with (default: the policy's)."}
+    )
     dataset_split: str = field(default="train", metadata={"help": "Split of the prompt dataset to read."})
     dataset_config: str | None = field(default=None, metadata={"help": "Config name of a hub prompt dataset."})
     prompt_column: str = field(
@@ -100,7 +111,10 @@ class RolloutConfig:
         keys = ("policy", "dataset", "dataset_split", "dataset_config", "prompt_column", "max_prompts",
                 "use_chat_template", "system_prompt", "num_samples", "temperature", "top_p", "top_k",
                 "max_new_tokens", "seed", "prompts_per_batch", "backend")
-        return {key: getattr(self, key) for key in keys}
+        settings = {key: getattr(self, key) for key in keys}
+        if self.tokenizer_name_or_path is not None:  # absent when unset, so older rollout directories still match
+            settings["tokenizer_name_or_path"] = self.tokenizer_name_or_path
+        return settings
 
 
 def _resolve_dtype(name: str) -> torch.dtype | str:
@@ -231,6 +245,8 @@ def generate_rollouts(config: RolloutConfig) -> DatasetDict:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_local_path(config.policy, "policy")
+    check_local_path(config.tokenizer_name_or_path, "tokenizer_name_or_path")
     output_dir = Path(config.output_dir)
     partial_dir = output_dir.with_name(output_dir.name + ".partial")
     settings = config.sampling_settings()
@@ -246,14 +262,17 @@ def generate_rollouts(config: RolloutConfig) -> DatasetDict:
     prompts = load_prompt_dataset(config.dataset, config.dataset_split, config.prompt_column, config.dataset_config)
     if config.max_prompts is not None:
         prompts = prompts.select(range(min(config.max_prompts, len(prompts))))
+    tokenizer_name = config.tokenizer_name_or_path or config.policy
     tokenizer = check_tokenizer(
-        AutoTokenizer.from_pretrained(config.policy, trust_remote_code=config.trust_remote_code)
+        AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=config.trust_remote_code)
     )
     tokenizer.padding_side = "left"
-    prompt_ids = []
+    prompt_ids, texts = [], []
     for prompt in prompts[config.prompt_column]:
         text, templated = render_prompt(tokenizer, prompt, config.use_chat_template, config.system_prompt)
+        texts.append(text)
         prompt_ids.append(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+    check_prompt_round_trip(tokenizer, texts, f"rollout (tokenizer {tokenizer_name})", token_ids=prompt_ids)
 
     partial_dir.mkdir(parents=True, exist_ok=True)
     settings_path = partial_dir / _SETTINGS_FILE
@@ -277,7 +296,7 @@ def generate_rollouts(config: RolloutConfig) -> DatasetDict:
                 from vllm import LLM
             except ImportError as error:
                 raise ValueError("backend 'vllm' needs vLLM installed (pip install vllm; GPU only)") from error
-            engine = LLM(model=config.policy, dtype=config.dtype, seed=config.seed,
+            engine = LLM(model=config.policy, tokenizer=tokenizer_name, dtype=config.dtype, seed=config.seed,
                          trust_remote_code=config.trust_remote_code)
             eos_ids = _eos_ids(tokenizer, None)
         else:
@@ -336,10 +355,12 @@ def save_rollouts(rows: Dataset, output_dir: str | os.PathLike, tokenizer: Any, 
     if len(rows) == 0:
         raise ValueError("no rollout rows to save")
     splits = _split_by_prompt(rows, eval_fraction, seed)
+    record = tokenizer_record(tokenizer)
     info = {
         "settings": settings,
         "tokenizer": getattr(tokenizer, "name_or_path", None),
-        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "tokenizer_fingerprint": record["fingerprint"],
+        "tokenizer_record": record,
         "eos_token_ids": sorted(_eos_ids(tokenizer, None)),
         "num_prompts": len(set(rows["prompt_index"])),
         "num_rows": len(rows),
@@ -355,8 +376,14 @@ def save_rollouts(rows: Dataset, output_dir: str | os.PathLike, tokenizer: Any, 
 
 
 def load_rollouts(path: str | os.PathLike) -> tuple[DatasetDict, dict[str, Any]]:
-    """Load a rollout directory written by :func:`generate_rollouts`: ``(splits, rollout_info)``."""
+    """Load a rollout directory written by :func:`generate_rollouts`: ``(splits, rollout_info)``.
+
+    ``rollout_info["tokenizer_fingerprint"]`` is a :class:`~lenvm_rl.data.TokenizerFingerprint` carrying the
+    tokenizer record when the directory has one (older directories hold only the hash), so
+    :func:`~lenvm_rl.data.check_same_tokenizer` can say what differs."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"rollouts {path} does not exist")
     info_path = path / ROLLOUT_INFO_FILE
     if not info_path.exists():
         raise FileNotFoundError(f"{path} is not a rollout directory (no {ROLLOUT_INFO_FILE}); run `lenvm-rl rollout`")
@@ -365,4 +392,8 @@ def load_rollouts(path: str | os.PathLike) -> tuple[DatasetDict, dict[str, Any]]
         for name, split in splits.items():
             if column not in split.column_names:
                 raise ValueError(f"{path}: split {name!r} lacks column {column!r}")
-    return splits, json.loads(info_path.read_text())
+    info = json.loads(info_path.read_text())
+    if "tokenizer_fingerprint" in info:
+        record = info.get("tokenizer_record")
+        info["tokenizer_fingerprint"] = TokenizerFingerprint(info["tokenizer_fingerprint"], record)
+    return splits, info

@@ -20,13 +20,65 @@ from torch import Tensor
 from .length_math import discounted_cumsum, length_advantages, potential_shaping, value_to_length
 from .modeling import LengthValueModel, unwrap_critic
 
-__all__ = ["LengthCritic", "LengthSignals", "terminated_mask"]
+__all__ = ["LengthCritic", "LengthSignals", "terminated_mask", "completion_mask_from_ids", "gate_by_success"]
 
 
 def terminated_mask(completion_ids: Tensor, completion_mask: Tensor, eos_token_ids: Sequence[int]) -> Tensor:
     """``(B,)`` bool: the completion holds an EOS token inside its mask (it ended; otherwise it was truncated)."""
     eos = torch.tensor(list(eos_token_ids), device=completion_ids.device)
     return (torch.isin(completion_ids, eos) & completion_mask.bool()).any(dim=1)
+
+
+def completion_mask_from_ids(completion_ids: Tensor, eos_token_ids: int | Sequence[int]) -> tuple[Tensor, Tensor]:
+    """TRL-style completion masks from raw ``generate()`` output.
+
+    Args:
+        completion_ids: ``(B, T)`` the generated tokens only (``output[:, prompt_width:]``); whatever ``generate``
+            wrote after a row's first EOS (padding, which may itself be the EOS id) is ignored.
+        eos_token_ids: the id or ids that end a completion.
+
+    Returns:
+        ``mask`` ``(B, T)`` long: 1 up to and including each row's first EOS, 0 after it; a row without EOS (cut at
+        ``max_new_tokens``: truncated) is all ones. ``terminated`` ``(B,)`` bool: the row holds an EOS.
+    """
+    if completion_ids.dim() != 2:
+        raise ValueError(f"completion_ids must be (B, T), got shape {tuple(completion_ids.shape)}")
+    ids = [int(eos_token_ids)] if isinstance(eos_token_ids, int) else [int(i) for i in eos_token_ids]
+    if not ids:
+        raise ValueError("completion_mask_from_ids needs at least one EOS token id")
+    is_eos = torch.isin(completion_ids, torch.tensor(ids, device=completion_ids.device))
+    terminated = is_eos.any(dim=1)
+    width = completion_ids.shape[1]
+    if width == 0:
+        return torch.zeros_like(completion_ids, dtype=torch.long), terminated
+    # argmax returns the first maximal position; a row without EOS keeps every token (last = width - 1).
+    last = torch.full((completion_ids.shape[0],), width - 1, dtype=torch.long, device=completion_ids.device)
+    first_eos = torch.where(terminated, is_eos.int().argmax(dim=1), last)
+    positions = torch.arange(width, device=completion_ids.device).expand_as(completion_ids)
+    return (positions <= first_eos[:, None]).long(), terminated
+
+
+def gate_by_success(length_advantages: Tensor, rewards: Tensor, threshold: float = 1.0) -> Tensor:
+    """The success gate of docs/method.md: keep a completion's length advantage only when its task reward reaches
+    ``threshold`` (the correct answers, for a 0/1 reward), so a short wrong answer is never paid for being short.
+
+    Args:
+        length_advantages: ``(B, T)`` per-token length advantages (e.g. ``LengthSignals.length_advantages``).
+        rewards: ``(B,)`` the task reward of each completion, from the reward functions that define correctness
+            (not a sum including format or length rewards).
+        threshold: the reward a completion must reach.
+
+    Returns:
+        ``(B, T)``: ``length_advantages`` on passing rows, 0 on the others.
+    """
+    rewards = torch.as_tensor(rewards, device=length_advantages.device)
+    if length_advantages.dim() != 2 or rewards.shape != (length_advantages.shape[0],):
+        raise ValueError(f"expected length_advantages (B, T) and rewards (B,), got {tuple(length_advantages.shape)} "
+                         f"and {tuple(rewards.shape)}")
+    if torch.isnan(rewards).any():
+        raise ValueError("rewards hold NaN; a reward function failed to score some completions")
+    passed = rewards >= threshold
+    return length_advantages * passed[:, None].to(length_advantages.dtype)
 
 
 @dataclass

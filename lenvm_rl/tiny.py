@@ -3,12 +3,15 @@
 The tokenizer is character-level over printable ASCII plus a few special tokens (pad, EOS, unk and chat-role
 markers) and carries a chat template, so prompts go through ``apply_chat_template`` exactly as with a real model.
 Tiny backbones of several architectures are built from configs; :func:`save_tiny_causal_lm` writes a policy
-directory (model + tokenizer) that every ``lenvm-rl`` subcommand loads by path like a hub checkpoint.
+directory (model + tokenizer) that every ``lenvm-rl`` subcommand loads by path like a hub checkpoint, and
+:func:`fit_causal_lm` fits such a policy to prompt/completion pairs (a few hundred SFT steps) so that what it
+generates, and how long, depends on the prompt.
 """
 
 from __future__ import annotations
 
 import string
+import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ __all__ = [
     "build_tiny_tokenizer",
     "tiny_decoder_config",
     "save_tiny_causal_lm",
+    "fit_causal_lm",
 ]
 
 PAD_TOKEN = "<|pad|>"
@@ -120,4 +124,80 @@ def save_tiny_causal_lm(
     model.generation_config.eos_token_id = config.eos_token_id
     model.save_pretrained(output_dir)
     build_tiny_tokenizer().save_pretrained(output_dir)
+    return output_dir
+
+
+def fit_causal_lm(
+    model_dir: str | Path,
+    data_file: str | Path,
+    output_dir: str | Path | None = None,
+    steps: int = 300,
+    learning_rate: float = 3e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    prompt_column: str = "prompt",
+    completion_column: str = "completion",
+    progress: bool = True,
+) -> Path:
+    """Fit the causal LM at ``model_dir`` to prompt/completion pairs with TRL's ``SFTTrainer`` and save it (model and
+    tokenizer, files replaced atomically) to ``output_dir`` (default: ``model_dir`` itself).
+
+    ``data_file`` is a local json/jsonl/parquet/csv file (or ``save_to_disk`` directory) whose ``prompt_column`` and
+    ``completion_column`` hold strings. When the tokenizer has a chat template, each pair becomes a user and an
+    assistant message, so the model learns exactly the text ``lenvm-rl rollout`` renders (the template's
+    generation prompt, then the completion and EOS); the loss covers the completion tokens only. A random tiny
+    policy's completion length does not depend on the prompt; fitted to pairs whose length does (the shipped
+    ``recipes/data/tiny_sft.jsonl``: running-sum traces, longer for more terms), it becomes a policy whose critic
+    can beat a constant baseline. Returns the output directory.
+    """
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from .data import check_local_path, load_prompt_dataset
+    from .io import files_replaced_atomically
+
+    checks = [(steps >= 1, f"fit steps must be ≥ 1, got {steps}"),
+              (learning_rate > 0, f"fit learning_rate must be > 0, got {learning_rate}"),
+              (batch_size >= 1, f"fit batch_size must be ≥ 1, got {batch_size}")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    check_local_path(model_dir, "model directory")
+    check_local_path(data_file, "fit data")
+    model_dir = Path(model_dir)
+    output_dir = Path(output_dir) if output_dir is not None else model_dir
+    table = load_prompt_dataset(str(data_file), column=prompt_column)
+    if completion_column not in table.column_names:
+        raise ValueError(f"{data_file}: completion column {completion_column!r} not found; available columns: "
+                         f"{table.column_names}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for index, (prompt, completion) in enumerate(zip(table[prompt_column], table[completion_column], strict=True)):
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise ValueError(f"{data_file}: row {index}: {prompt_column!r} and {completion_column!r} must be strings, "
+                             f"got {type(prompt).__name__} and {type(completion).__name__}")
+        if getattr(tokenizer, "chat_template", None) is not None:
+            rows.append({"prompt": [{"role": "user", "content": prompt}],
+                         "completion": [{"role": "assistant", "content": completion}]})
+        else:
+            rows.append({"prompt": prompt, "completion": completion})
+    with tempfile.TemporaryDirectory(prefix="lenvm-fit-") as scratch:
+        config = SFTConfig(
+            output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=learning_rate,
+            lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, use_cpu=not torch.cuda.is_available(),
+            bf16=False, report_to="none", logging_steps=max(1, steps // 5), save_strategy="no", seed=seed,
+            disable_tqdm=not progress, completion_only_loss=True,
+        )
+        trainer = SFTTrainer(model=str(model_dir), args=config, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer)
+        trainer.train()
+        model = trainer.model
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config.eos_token_id is None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    with files_replaced_atomically(output_dir) as staged:
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
     return output_dir

@@ -297,3 +297,15 @@ def test_crash_mid_save_leaves_the_old_checkpoint(critic, tmp_path, monkeypatch)
     assert after == before
     assert [p.name for p in tmp_path.iterdir()] == ["critic"]  # no scratch directory left behind
     LengthValueModel.from_pretrained(target)
+
+
+def test_a_mistyped_local_path_never_goes_to_the_hub(tmp_path, monkeypatch):
+    """`runs/` exists, so `runs/tiny-critc` is a local path with a typo: FileNotFoundError at once, naming it."""
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="^critic runs/tiny-critc does not exist$"):
+        LengthValueModel.from_pretrained("runs/tiny-critc")
+    with pytest.raises(FileNotFoundError, match="^backbone runs/tiny-polcy does not exist$"):
+        LengthValueModel.from_backbone("runs/tiny-polcy", gamma=0.9)
+    with pytest.raises(FileNotFoundError, match="^upstream checkpoint runs/lenvm does not exist$"):
+        LengthValueModel.from_upstream("runs/lenvm", gamma=0.997)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import check_same_tokenizer, resolve_device
+from ..data import check_local_path, check_same_tokenizer, resolve_device
 from ..evaluation import critic_metrics, plot_calibration, plot_error_by_position
 from ..io import write_text_atomically
 from ..length_math import length_to_value
@@ -43,6 +43,7 @@ def evaluate_critic(args: EvalCriticArguments) -> dict[str, float]:
     """The ``eval-critic`` job. Returns the scalar metrics (also written to ``metrics.json``)."""
     from transformers import AutoTokenizer
 
+    check_local_path(args.critic, "critic")
     splits, info = load_rollouts(args.rollouts)
     for name in (args.split, args.baseline_split):
         if name not in splits:
@@ -64,7 +65,7 @@ def evaluate_critic(args: EvalCriticArguments) -> dict[str, float]:
     metrics = {"gamma": gamma, "split": args.split, **evaluation.scalars()}
     output_dir = Path(args.output_dir)
     write_text_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2))
-    plot_calibration(evaluation, output_dir / "calibration.png")
+    plot_calibration(evaluation, output_dir / "calibration.png", constant_prediction=evaluation.constant_prediction)
     plot_error_by_position(evaluation, output_dir / "error_by_position.png")
     return metrics
 

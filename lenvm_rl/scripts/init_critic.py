@@ -34,8 +34,10 @@ DATACLASSES = (InitCriticArguments,)
 def main(args: InitCriticArguments) -> None:
     import torch
 
+    from ..data import check_local_path
     from ..modeling import LengthValueModel
 
+    check_local_path(args.backbone, "backbone")
     dtype = getattr(torch, args.dtype)
     if args.upstream:
         if args.gamma is None:

@@ -10,7 +10,14 @@ from typing import Any
 
 import torch
 
-from ..data import check_local_path, load_prompt_dataset, resolve_device
+from ..data import (
+    check_local_path,
+    check_prompt_round_trip,
+    evenly_spaced_indices,
+    load_prompt_dataset,
+    render_prompt,
+    resolve_device,
+)
 from ..decoding.prediction import predict_length
 from ..evaluation import value_space_length
 from ..io import files_replaced_atomically
@@ -34,6 +41,17 @@ def _write_table(dataset: Any, path: str) -> None:
             dataset.to_csv(str(staged), index=False)
         else:
             dataset.to_json(str(staged), lines=True, force_ascii=False)
+
+
+def _check_round_trip(tokenizer: Any, prompts: list[Any], chat_template: bool) -> None:
+    """Warn when a sample of the prompts, rendered as :func:`~lenvm_rl.decoding.predict_length` renders them, does
+    not survive the tokenizer (:func:`~lenvm_rl.data.check_prompt_round_trip`)."""
+    texts, ids = [], []
+    for index in evenly_spaced_indices(len(prompts), 32):
+        text, templated = render_prompt(tokenizer, prompts[index], chat_template)
+        texts.append(text)
+        ids.append(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+    check_prompt_round_trip(tokenizer, texts, f"predict-length (tokenizer {tokenizer.name_or_path})", token_ids=ids)
 
 
 @dataclass
@@ -71,6 +89,7 @@ DATACLASSES = (PredictLengthArguments,)
 
 def main(args: PredictLengthArguments) -> None:
     check_local_path(args.critic, "critic")
+    check_local_path(args.tokenizer, "tokenizer")
     critic = LengthValueModel.from_pretrained(args.critic, dtype=getattr(torch, args.dtype))
     critic.to(resolve_device(args.device)).eval()
     gamma = critic.gamma
@@ -78,6 +97,7 @@ def main(args: PredictLengthArguments) -> None:
     table = load_prompt_dataset(args.dataset, args.split, args.prompt_column)
     if args.max_samples is not None:
         table = table.select(range(min(args.max_samples, len(table))))
+    _check_round_trip(tokenizer, list(table[args.prompt_column]), args.chat_template)
     lengths = predict_length(
         critic, tokenizer, table[args.prompt_column], args.batch_size, None if args.chat_template else False
     )

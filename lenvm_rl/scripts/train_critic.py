@@ -40,6 +40,9 @@ class CriticScriptArguments:
     rollouts: str = field(metadata={"help": "Rollout directory written by `lenvm-rl rollout`."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(default="eval", metadata={"help": "Split for evaluation (None: no evaluation)."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer saved with the critic (default: model_name_or_path's)."}
+    )
 
 
 def _load_critic(model_args: Any, config: LenVMConfig, gamma: float) -> LengthValueModel:
@@ -89,6 +92,7 @@ def train_critic(script_args: CriticScriptArguments, config: LenVMConfig, model_
     if not model_args.model_name_or_path:
         raise ValueError("train-critic needs --model_name_or_path (a decoder backbone or a saved LenVM critic)")
     check_local_path(model_args.model_name_or_path, "model_name_or_path")
+    check_local_path(script_args.tokenizer_name_or_path, "tokenizer_name_or_path")
     splits, info = load_rollouts(script_args.rollouts)
     if script_args.train_split not in splits:
         raise ValueError(f"{script_args.rollouts}: no split {script_args.train_split!r}; have {sorted(splits)}")
@@ -109,11 +113,12 @@ def train_critic(script_args: CriticScriptArguments, config: LenVMConfig, model_
         from transformers.trainer_utils import IntervalStrategy
 
         config.eval_strategy, config.do_eval = IntervalStrategy.NO, False
+    tokenizer_name = script_args.tokenizer_name_or_path or model_args.model_name_or_path
     tokenizer = check_tokenizer(
-        AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=config.trust_remote_code)
+        AutoTokenizer.from_pretrained(tokenizer_name, trust_remote_code=config.trust_remote_code)
     )
     check_same_tokenizer(info["tokenizer_fingerprint"], tokenizer,
-                         f"rollouts {script_args.rollouts} vs critic {model_args.model_name_or_path}")
+                         f"rollouts {script_args.rollouts} vs critic tokenizer {tokenizer_name}")
 
     train_lengths = train["completion_length"]
     gamma = resolve_gamma(config.gamma, train_lengths, config.gamma_quantile, config.gamma_coverage)
