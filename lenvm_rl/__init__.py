@@ -46,8 +46,13 @@ _export(
     "LengthValueConfig", "LengthValueModel", "LengthValueOutput", "add_lora", "check_decoder_config", "check_tokenizer",
     "merge_lora", "unwrap_critic",
 )
-_export("signals", "LengthCritic", "LengthSignals", "terminated_mask")
-_export("data", "load_prompt_dataset", "render_prompt", "pad_prompt_completion_batch", "tokenizer_fingerprint")
+_export("signals", "LengthCritic", "LengthSignals", "completion_mask_from_ids", "gate_by_success", "terminated_mask")
+_export(
+    "data",
+    "TokenizerFingerprint", "check_local_path", "check_prompt_round_trip", "check_same_tokenizer",
+    "describe_tokenizer_difference", "load_prompt_dataset", "looks_like_local_path", "pad_prompt_completion_batch",
+    "render_prompt", "tokenizer_fingerprint", "tokenizer_record",
+)
 _export("rollout", "RolloutConfig", "generate_rollouts", "load_rollouts", "sample_completions", "save_rollouts")
 _export(
     "rewards",
@@ -61,8 +66,8 @@ _export(
 )
 _export(
     "trainer.critic",
-    "LenVMConfig", "LenVMDataCollator", "LenVMTrainer", "length_regression_loss", "prepare_critic_dataset",
-    "resolve_gamma",
+    "LenVMConfig", "LenVMDataCollator", "LenVMTrainer", "freeze_lower_layers", "length_regression_loss",
+    "prepare_critic_dataset", "resolve_gamma",
 )
 _export("trainer.grpo", "LenVMGRPOConfig", "LenVMGRPOTrainer")
 _export("trainer.ppo", "LenVMPPOConfig", "LenVMPPOTrainer")
@@ -73,7 +78,7 @@ _export(
 )
 _export("decoding.prediction", "predict_length", "tokenize_prompts")
 _export("decoding.length_score", "length_deviation", "length_score", "summarize_length_control")
-_export("tiny", "build_tiny_tokenizer", "save_tiny_causal_lm", "tiny_decoder_config")
+_export("tiny", "build_tiny_tokenizer", "fit_causal_lm", "save_tiny_causal_lm", "tiny_decoder_config")
 _export("study.evaluate", "evaluate_policy")
 _export("study.methods", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "MethodSpec", "RunPlan", "check_method_options",
         "plan_run")
@@ -98,7 +103,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
-    from .data import load_prompt_dataset, pad_prompt_completion_batch, render_prompt, tokenizer_fingerprint
+    from .data import (
+        TokenizerFingerprint,
+        check_local_path,
+        check_prompt_round_trip,
+        check_same_tokenizer,
+        describe_tokenizer_difference,
+        load_prompt_dataset,
+        looks_like_local_path,
+        pad_prompt_completion_batch,
+        render_prompt,
+        tokenizer_fingerprint,
+        tokenizer_record,
+    )
     from .decoding.guided import LengthGuidedLogitsProcessor, LengthTarget, generated_lengths, guided_generate
     from .decoding.length_score import length_deviation, length_score, summarize_length_control
     from .decoding.prediction import predict_length, tokenize_prompts
@@ -158,7 +175,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         resolve_reward_functions,
     )
     from .rollout import RolloutConfig, generate_rollouts, load_rollouts, sample_completions, save_rollouts
-    from .signals import LengthCritic, LengthSignals, terminated_mask
+    from .signals import LengthCritic, LengthSignals, completion_mask_from_ids, gate_by_success, terminated_mask
     from .study.evaluate import evaluate_policy
     from .study.methods import (
         METHODS,
@@ -176,11 +193,12 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         percentile_interval,
         tokens_at_accuracy,
     )
-    from .tiny import build_tiny_tokenizer, save_tiny_causal_lm, tiny_decoder_config
+    from .tiny import build_tiny_tokenizer, fit_causal_lm, save_tiny_causal_lm, tiny_decoder_config
     from .trainer.critic import (
         LenVMConfig,
         LenVMDataCollator,
         LenVMTrainer,
+        freeze_lower_layers,
         length_regression_loss,
         prepare_critic_dataset,
         resolve_gamma,

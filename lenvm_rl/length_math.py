@@ -375,19 +375,24 @@ def relative_length_credits(
 
 
 def length_outcome_statistics(
-    outcomes: Tensor, passed: Tensor | None, group_size: int, scale: str = "batch", eps: float = 1e-4
+    outcomes: Tensor, passed: Tensor | None, group_size: int, scale: str = "batch", min_scale: float = 0.1
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row statistics of sequence-level length outcomes ``S_i`` (``(N,)``) for :func:`normalize_length_credits`.
 
     Rows come in groups of ``group_size`` consecutive rows (the completions of one prompt). Returns ``(baseline,
     sigma, worst)``, each ``(N,)``: ``baseline`` the mean of ``S`` over the passing rows of the row's group (0 when none
     passes); ``sigma`` the standard deviation of ``S - baseline`` over the passing rows of the whole batch
-    (``scale="batch"``), of the group (``"group"``), or 1 (``"none"``), plus ``eps``; ``worst`` the lowest passing
-    ``S`` of the group (0 when none passes). A multi-process trainer computes these on the gathered batch and hands
-    each process its rows.
+    (``scale="batch"``) or of the group (``"group"``), but at least ``min_scale``, or 1 (``"none"``); ``worst`` the
+    lowest passing ``S`` of the group (0 when none passes). The floor matters because per-token credits, unlike their
+    group-centered sum, do not vanish when every passing completion has the same outcome: dividing them by a near-zero
+    σ (one passing completion, or all of one length) would blow them up; with ``S`` a fraction of the expected length,
+    0.1 caps the magnification at 10×. A multi-process trainer computes these on the gathered batch and hands each
+    process its rows.
     """
     if scale not in ("batch", "group", "none"):
         raise ValueError(f"scale must be 'batch', 'group' or 'none', got {scale!r}")
+    if not min_scale > 0:
+        raise ValueError(f"min_scale must be positive, got {min_scale!r}")
     rows = outcomes.shape[0]
     if outcomes.dim() != 1:
         raise ValueError(f"outcomes must be 1-D (N,), got shape {tuple(outcomes.shape)}")
@@ -409,10 +414,12 @@ def length_outcome_statistics(
     else:
         variance = (centered.pow(2) * weight).sum(dim=1, keepdim=True) / (count - 1.0).clamp(min=1.0)
         sigma = variance.sqrt().expand_as(grouped)
+    if scale != "none":
+        sigma = sigma.clamp(min=float(min_scale))
     worst = torch.where(weight > 0, grouped, torch.full_like(grouped, math.inf)).min(dim=1, keepdim=True).values
     worst = torch.where(torch.isfinite(worst), worst, torch.zeros_like(worst))
     expand = (lambda t: t.expand_as(grouped).flatten())  # noqa: E731
-    return expand(baseline), expand(sigma) + eps, expand(worst)
+    return expand(baseline), expand(sigma), expand(worst)
 
 
 def normalize_length_credits(
@@ -423,7 +430,7 @@ def normalize_length_credits(
     scale: str = "batch",
     placement: str = "token",
     failed: str = "zero",
-    eps: float = 1e-4,
+    min_scale: float = 0.1,
     statistics: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Put per-token length credits in the units of GRPO's group-normalized task advantage.
@@ -437,9 +444,9 @@ def normalize_length_credits(
     so that ``Σ_t c'_{i,t} = (S_i - μ_g) / σ`` either way: a completion one σ shorter than its passing siblings
     earns +1 in total, as one σ more reward earns +1 of GRPO's task advantage. ``σ`` is the standard deviation of
     ``S_i - μ_g`` over the passing rows of the whole batch (``scale="batch"``, as DLER normalizes rewards; tiny
-    differences stay tiny), of the group (``"group"``, TRL's default for rewards), or 1 (``"none"``); ``eps`` guards a
-    zero σ as TRL's ``1e-4`` does. The "sequence" placement is the ablation that removes token-level credit
-    assignment and keeps everything else.
+    differences stay tiny), of the group (``"group"``, TRL's default for rewards), or 1 (``"none"``), never below
+    ``min_scale`` (see :func:`length_outcome_statistics`). The "sequence" placement is the ablation that removes
+    token-level credit assignment and keeps everything else.
 
     Rows that did not pass (``passed`` False) get no credit with ``failed="zero"``; with ``failed="worst"`` they get
     the least favourable outcome ``min(S_i, min_{passing j in group} S_j)`` (``min(S_i, 0)`` in a group with no
@@ -464,7 +471,7 @@ def normalize_length_credits(
         raise ValueError(f"passed must have shape ({rows},), got {tuple(passed.shape)}")
     outcome = (credits * mask).sum(dim=1)
     if statistics is None:
-        statistics = length_outcome_statistics(outcome, passed, group_size, scale, eps)
+        statistics = length_outcome_statistics(outcome, passed, group_size, scale, min_scale)
     baseline, sigma, worst_passing = (t.to(credits.dtype) for t in statistics)
     if baseline.shape != (rows,) or sigma.shape != (rows,) or worst_passing.shape != (rows,):
         raise ValueError(f"statistics must be three ({rows},) tensors, one entry per row of credits")
@@ -493,6 +500,7 @@ def relative_length_advantages(
     scale: str = "batch",
     placement: str = "token",
     failed: str = "zero",
+    min_scale: float = 0.1,
 ) -> Tensor:
     """The scale-free length advantage: GAE (discount 1 in length space, ``λ``) over the normalized credits of
     :func:`normalize_length_credits` applied to :func:`relative_length_credits`::
@@ -511,7 +519,8 @@ def relative_length_advantages(
     if not 0.0 <= float(lam) <= 1.0:
         raise ValueError(f"lam must lie in [0, 1], got {lam!r}")
     credits = relative_length_credits(values, completion_mask, gamma, terminated)
-    normalized = normalize_length_credits(credits, completion_mask, group_size, passed, scale, placement, failed)
+    normalized = normalize_length_credits(credits, completion_mask, group_size, passed, scale, placement, failed,
+                                          min_scale)
     return discounted_cumsum(normalized, completion_mask, float(lam))
 
 

@@ -1,19 +1,18 @@
 """The built-in concise-reasoning tasks: sums of digit lists, verifiable exactly, where reasoning length trades
 against accuracy.
 
-**Checked chains** (the length-method study's task, :func:`format_completion`): a prompt is a chain of operations
-modulo 7 applied left to right, ``calc 3 +5 *2 +4`` (= ((3 + 5)·2 + 4) mod 7 = 6). A completion is built from two
-decisions, one of them taken in the middle of it::
+**Checked parity** (the length-method study's task, :func:`format_completion`): the parity of a bit string,
+``parity 10110`` (three ones: 1). A completion is built from two decisions, one of them taken in the middle of it::
 
-    [trace " "] "=" answer [" check " chain "=" answer] EOS
+    [reduction " "] "=" answer [" check " bits] EOS
 
-The *trace* (decided at the first token) reduces the chain one operation at a time — apply the first operation,
-copy the rest: ``1 *2 +4, 2 +4, 6`` — so that every step is one table look-up a small model gets right, while the
-answer at once needs the whole non-commutative composition in one forward pass: the trace pays off on long chains
-only. The *check* after the answer (decided once the answer is written) never changes it — the reward reads the
-first standalone ``=N`` — so it is pure waste on every prompt. :func:`warmup_probabilities` gives the
-prompt-dependent rates at which the warm-up data uses each, and :func:`ideal_completion` the policy that reasons
-only where it pays and never checks.
+The *reduction* (decided at the first token) replaces the first two bits by their parity and copies the rest, step
+by step — ``1110 010 10 1`` — so every step is a four-entry table look-up and a copy, which a small model does
+reliably, while the answer at once needs the parity of the whole string in one forward pass, which transformers are
+notoriously bad at: the trace pays off on long strings only. The *check* after the answer (decided once the answer is
+written) restates the input and never changes the answer — the reward reads the first standalone ``=x`` — so it is
+pure waste on every prompt. :func:`warmup_probabilities` gives the prompt-dependent rates at which the warm-up data
+uses each, and :func:`ideal_completion` the policy that reasons only where it pays and never checks.
 
 **Plain sums** (the original demo task):
 
@@ -41,15 +40,14 @@ __all__ = [
     "format_prompt",
     "format_trace",
     "format_completion",
-    "format_reduction",
     "parse_answer",
     "first_answer",
     "arithmetic_correctness",
-    "Chain",
-    "MODULUS",
-    "make_chains",
-    "format_chain_prompt",
-    "checked_chain_correctness",
+    "Bits",
+    "make_bits",
+    "format_parity_prompt",
+    "format_reduction",
+    "checked_parity_correctness",
     "completion_structure",
     "warmup_probabilities",
     "ideal_completion",
@@ -134,153 +132,128 @@ def arithmetic_correctness(completions: list[Any], answer: list[Any], **kwargs: 
     return rewards
 
 
-# ---------------------------------------------------------------------------------------------------- checked chains
+# ---------------------------------------------------------------------------------------------------- checked parity
 
-_FIRST_ANSWER = re.compile(r"(?:^|\s)=(-?\d+)(?=\s|$)")
-MODULUS = 7
-# One operation is easy to apply at once; from two on, writing the reduction is what keeps a small model right.
-TRACE_PAYS_FROM = 3
+_FIRST_ANSWER = re.compile(r"(?:^|\s)=(\S+)(?=\s|$)")
+# From TRACE_PAYS_FROM bits on, the reduction is what keeps a small model right (parity is notoriously hard for a
+# transformer to compute in one forward pass): the study's warm-up policy answers 2–3 bits at once without error,
+# gains 2 points from the reduction at 4 bits and 12–45 points from 5 to 8 (its report's forced-decision table).
+TRACE_PAYS_FROM = 4
 
 
 @dataclass(frozen=True)
-class Chain:
-    """A start value and operations ``("+", k)`` / ``("*", k)`` applied left to right modulo :data:`MODULUS`;
-    ``difficulty`` is the number of terms (operations + 1)."""
+class Bits:
+    """A bit string whose parity is asked for; ``difficulty`` is its length."""
 
-    start: int
-    ops: tuple[tuple[str, int], ...]
+    bits: str
 
     @property
-    def answer(self) -> int:
-        value = self.start
-        for op, k in self.ops:
-            value = (value + k if op == "+" else value * k) % MODULUS
-        return value
+    def answer(self) -> str:
+        return str(self.bits.count("1") % 2)
 
     @property
     def difficulty(self) -> int:
-        return len(self.ops) + 1
+        return len(self.bits)
 
 
-def make_chains(count: int, seed: int = 0, min_terms: int = 2, max_terms: int = 6) -> list[Chain]:
-    """``count`` chains with a uniform number of terms in ``[min_terms, max_terms]``: a start in 0–6, then ``+k``
-    (k in 1–6) or ``*k`` (k in 2–6) with equal odds; every operation is invertible modulo 7, so no chain collapses
-    to a constant answer."""
+def make_bits(count: int, seed: int = 0, min_bits: int = 2, max_bits: int = 8) -> list[Bits]:
+    """``count`` uniform random bit strings with a length uniform in ``[min_bits, max_bits]``."""
     if count < 0:
         raise ValueError(f"count must be ≥ 0, got {count}")
-    if not 2 <= min_terms <= max_terms:
-        raise ValueError(f"need 2 ≤ min_terms ≤ max_terms, got {min_terms}, {max_terms}")
+    if not 2 <= min_bits <= max_bits:
+        raise ValueError(f"need 2 ≤ min_bits ≤ max_bits, got {min_bits}, {max_bits}")
     rng = random.Random(seed)
-    chains = []
-    for _ in range(count):
-        ops = tuple(("+", rng.randint(1, 6)) if rng.random() < 0.5 else ("*", rng.randint(2, 6))
-                    for _ in range(rng.randint(min_terms, max_terms) - 1))
-        chains.append(Chain(rng.randint(0, MODULUS - 1), ops))
-    return chains
+    return [Bits("".join(rng.choice("01") for _ in range(rng.randint(min_bits, max_bits)))) for _ in range(count)]
 
 
-def _ops_text(ops: tuple[tuple[str, int], ...], sep: str = " ") -> str:
-    return sep.join(f"{op}{k}" for op, k in ops)
+def format_parity_prompt(problem: Bits) -> str:
+    """The user prompt, e.g. ``"parity 10110"``."""
+    return f"parity {problem.bits}"
 
 
-def format_chain_prompt(chain: Chain) -> str:
-    """The user prompt, e.g. ``"calc 3 +5 *2 +4"``."""
-    return f"calc {chain.start} {_ops_text(chain.ops)}"
+def format_reduction(problem: Bits) -> str:
+    """The trace: the string reduced one step at a time — the first two bits replaced by their parity, the rest
+    copied — ``"1110 010 10 1"`` for ``10110``."""
+    bits, steps = problem.bits, []
+    while len(bits) > 1:
+        bits = str(int(bits[0]) ^ int(bits[1])) + bits[2:]
+        steps.append(bits)
+    return " ".join(steps)
 
 
-def format_reduction(chain: Chain) -> str:
-    """The trace: the chain reduced one operation at a time, ``"1 *2 +4, 2 +4, 6"`` for ``calc 3 +5 *2 +4``."""
-    value, steps = chain.start, []
-    for index, (op, k) in enumerate(chain.ops):
-        value = (value + k if op == "+" else value * k) % MODULUS
-        rest = chain.ops[index + 1:]
-        steps.append(f"{value} {_ops_text(rest)}".strip())
-    return ", ".join(steps)
+def format_completion(problem: Bits, trace: bool, check: bool) -> str:
+    """A checked-parity completion (without EOS): ``[reduction " "] "=" answer [" check " bits]``.
 
-
-def format_completion(chain: Chain, trace: bool, check: bool) -> str:
-    """A checked-chains completion (without EOS): ``[trace " "] "=" answer [" check " chain "=" answer]``.
-
-    ``format_completion(Chain(3, (("+", 5), ("*", 2))), True, True) == "1 *2, 2 =2 check 3+5*2=2"``.
+    For ``parity 10110``: ``"1110 010 10 1 =1 check 10110"`` with both segments, ``"=1"`` with none.
     """
-    text = f"={chain.answer}"
+    text = f"={problem.answer}"
     if trace:
-        text = f"{format_reduction(chain)} {text}"
+        text = f"{format_reduction(problem)} {text}"
     if check:
-        text += f" check {chain.start}{_ops_text(chain.ops, '')}={chain.answer}"
+        text += f" check {problem.bits}"
     return text
 
 
-def first_answer(completion: Any) -> int | None:
-    """The answer of a checked-chains completion: the integer of the first standalone ``=N`` (``=`` at the start or
-    after whitespace, ``N`` followed by whitespace or the end). The trace and a check after the answer never count.
-    ``None`` if there is none."""
+def first_answer(completion: Any) -> str | None:
+    """The answer of a checked-parity completion: the token after the first standalone ``=`` (``=`` at the start or
+    after whitespace). The trace and a check after the answer never count. ``None`` if there is none."""
     if not isinstance(completion, str):
         return None
     match = _FIRST_ANSWER.search(completion)
-    return int(match.group(1)) if match else None
+    return match.group(1) if match else None
 
 
-def checked_chain_correctness(completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float]:
-    """TRL reward function of the checked-chains task: 1.0 when :func:`first_answer` equals the ``answer`` column,
+def checked_parity_correctness(completions: list[Any], answer: list[Any], **kwargs: Any) -> list[float]:
+    """TRL reward function of the checked-parity task: 1.0 when :func:`first_answer` equals the ``answer`` column,
     else 0.0. Whatever follows the answer (a check, or junk) cannot change the reward."""
-    rewards = []
-    for completion, expected in zip(completions, answer, strict=True):
-        parsed = first_answer(_completion_text(completion))
-        rewards.append(1.0 if parsed is not None and parsed == int(expected) else 0.0)
-    return rewards
+    return [1.0 if first_answer(_completion_text(c)) == str(expected) else 0.0
+            for c, expected in zip(completions, answer, strict=True)]
 
 
 def completion_structure(completion: Any) -> dict[str, bool]:
-    """Which segments a checked-chains completion holds: ``{"trace": ..., "check": ...}`` (a trace is any digit
+    """Which segments a checked-parity completion holds: ``{"trace": ..., "check": ...}`` (a trace is any text
     before the answer; a check is the word ``check`` after it)."""
     text = _completion_text(completion)
     match = _FIRST_ANSWER.search(text)
     before, after = (text[: match.start()], text[match.end():]) if match else (text, "")
-    return {"trace": bool(re.search(r"\d", before)), "check": "check" in after}
+    return {"trace": bool(before.strip()), "check": "check" in after}
 
 
-def warmup_probabilities(chain: Chain) -> dict[str, float]:
-    """How often the warm-up data writes each segment for ``chain``: the trace more often on longer chains
-    (``0.25 + 0.1 (d - 2)``, from 0.25 at two terms to 0.65 at six: wasted on short chains, too rare on long ones),
-    the check at a rate set by the start's parity (0.6 odd, 0.2 even), unrelated to difficulty."""
-    return {"trace": 0.25 + 0.1 * (chain.difficulty - 2), "check": 0.6 if chain.start % 2 else 0.2}
+def warmup_probabilities(problem: Bits) -> dict[str, float]:
+    """How often the warm-up data writes each segment: the trace more often for longer strings (``0.25 + 0.4 (n - 2)
+    / 6``, 0.25 at two bits to 0.65 at eight: wasted on short strings, too rare on long ones), the check at a rate set
+    by the first bit (0.6 for 1, 0.2 for 0), unrelated to difficulty."""
+    return {"trace": 0.25 + 0.4 * (problem.difficulty - 2) / 6, "check": 0.6 if problem.bits[0] == "1" else 0.2}
 
 
-def ideal_completion(chain: Chain) -> str:
-    """What a policy that reasons only where it pays and never checks writes: the trace from
-    :data:`TRACE_PAYS_FROM` terms on, never the check."""
-    return format_completion(chain, trace=chain.difficulty >= TRACE_PAYS_FROM, check=False)
+def ideal_completion(problem: Bits) -> str:
+    """What a policy that reasons only where it pays and never checks writes: the reduction from
+    :data:`TRACE_PAYS_FROM` bits on, never the check."""
+    return format_completion(problem, trace=problem.difficulty >= TRACE_PAYS_FROM, check=False)
 
 
-def parse_prompt(prompt: Any) -> Chain:
-    """The :class:`Chain` of a prompt ``"calc 3 +5 *2"`` (a string or a one-message chat list)."""
+def parse_prompt(prompt: Any) -> Bits:
+    """The :class:`Bits` of a prompt ``"parity 10110"`` (a string or a one-message chat list)."""
     text = prompt[0]["content"] if isinstance(prompt, list) else str(prompt)
     words = text.split()
-    ops = []
-    for word in words[2:]:
-        if len(word) < 2 or word[0] not in "+*" or not word[1:].isdigit():
-            ops = None
-            break
-        ops.append((word[0], int(word[1:])))
-    if len(words) < 3 or words[0] != "calc" or not words[1].isdigit() or ops is None:
-        raise ValueError(f"not a chain prompt (expected 'calc s +k *k ...'): {text!r}")
-    return Chain(int(words[1]), tuple(ops))
+    if len(words) != 2 or words[0] != "parity" or len(words[1]) < 2 or set(words[1]) - {"0", "1"}:
+        raise ValueError(f"not a parity prompt (expected 'parity 0110...'): {text!r}")
+    return Bits(words[1])
 
 
-def expected_remaining(chain: Chain, prefix: str, length: Callable[[str], int], gamma: float) -> float | None:
+def expected_remaining(problem: Bits, prefix: str, length: Callable[[str], int], gamma: float) -> float | None:
     """The warm-up policy's value-space expected remaining length (tokens, EOS counted) after ``prefix`` of a
-    checked-chains completion — what an oracle critic of that policy predicts at the two decisions: before the first
+    checked-parity completion — what an oracle critic of that policy predicts at the two decisions: before the first
     token (trace or not, check or not) and right after the answer (check or stop). ``length(text)`` counts tokens.
     Returns ``ln(E[γ^R]) / ln γ`` over the completions the warm-up data writes that start with ``prefix`` (weighted by
     :func:`warmup_probabilities`), or ``None`` when none does."""
-    rates = warmup_probabilities(chain)
+    rates = warmup_probabilities(problem)
     expectation, total = 0.0, 0.0
     for trace in (False, True):
         for check in (False, True):
             weight = ((rates["trace"] if trace else 1 - rates["trace"])
                       * (rates["check"] if check else 1 - rates["check"]))
-            text = format_completion(chain, trace, check)
+            text = format_completion(problem, trace, check)
             if not text.startswith(prefix):
                 continue
             remaining = length(text[len(prefix):]) + 1 if len(text) > len(prefix) else 1
@@ -320,6 +293,6 @@ def gsm8k_correctness(completions: list[Any], answer: list[str], **kwargs: Any) 
 
 REWARD_FUNCTIONS = {
     "arithmetic_correctness": arithmetic_correctness,
-    "checked_chain_correctness": checked_chain_correctness,
+    "checked_parity_correctness": checked_parity_correctness,
     "gsm8k_correctness": gsm8k_correctness,
 }

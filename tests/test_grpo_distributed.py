@@ -56,6 +56,38 @@ def test_two_processes_with_whitening_from_both(workdir):
     assert "length/advantage/mean" in ranks[0]["logged_keys"]
 
 
+def test_two_processes_gate_and_relative_units_use_joint_group_statistics(workdir):
+    """Groups of 8 completions split 4 + 4 across the processes; the gate's pass flags and the group and batch
+    statistics of the relative length term must be computed on the joint batch, and each process keep its slice."""
+    from lenvm_rl import relative_length_advantages
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(WORKER), str(workdir), "--relative-gated"]
+    ranks = run(command, {"ACCELERATE_USE_CPU": "true"}, workdir)
+    assert all(r["global_step"] == 2 for r in ranks)
+    batches = len(ranks[0]["records"])
+    assert batches >= 1 and batches == len(ranks[1]["records"])
+    mixed = False
+    for batch in range(batches):
+        records = [r["records"][batch] for r in ranks]
+        width = max(len(rec["completion_mask"][0]) for rec in records)
+
+        def padded(key, fill_width, records=records):
+            rows = [row + [0.0] * (fill_width - len(row)) for rec in records for row in rec[key]]
+            return torch.tensor(rows, dtype=torch.float64)
+
+        values, mask = padded("values", width + 1), padded("completion_mask", width).long()
+        terminated = torch.tensor([t for rec in records for t in rec["terminated"]])
+        passed = torch.tensor([p for rec in records for p in rec["passed"]])
+        mixed |= bool(passed.any() and not passed.all())
+        expected = relative_length_advantages(values, mask, 0.95, group_size=8, lam=0.5, terminated=terminated,
+                                              passed=passed)
+        got = padded("advantages", width)
+        torch.testing.assert_close(got.float(), expected.float(), atol=1e-4, rtol=1e-4)
+    assert mixed, "the gate should pass some completions and fail others"
+    assert "length/gate_pass_fraction" in ranks[0]["logged_keys"]
+
+
 def test_deepspeed_zero3_single_process_shards_the_critic(workdir):
     pytest.importorskip("deepspeed")
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0",

@@ -33,7 +33,8 @@ def test_every_submodule_export_is_reachable_from_the_top():
     and helpers of the jobs excepted)."""
     missing = []
     for module in ("length_math", "modeling", "signals", "rollout", "rewards", "evaluation", "trainer.critic",
-                   "trainer.grpo", "trainer.ppo", "decoding.guided", "decoding.prediction", "decoding.scoring"):
+                   "trainer.grpo", "trainer.ppo", "decoding.guided", "decoding.prediction", "decoding.scoring",
+                   "study.stats", "study.methods", "study.evaluate"):
         namespace = __import__(f"lenvm_rl.{module}", fromlist=["__all__"])
         for name in namespace.__all__:
             if name.isupper() or name.startswith("_"):
@@ -56,7 +57,7 @@ def test_import_lenvm_rl_imports_neither_trl_nor_deepspeed():
 def test_cli_help_imports_neither_trl_nor_torch():
     out = _run("import sys; from lenvm_rl.cli import main; main(['--help']); "
                "print('LOADED', sorted(m for m in ('trl', 'deepspeed', 'torch') if m in sys.modules))")
-    assert "grpo" in out and "demo" in out
+    assert "grpo" in out and "study" in out and "demo" in out
     assert out.strip().splitlines()[-1] == "LOADED []"
 
 

@@ -90,11 +90,11 @@ def test_user_supplied_reward_function_is_imported_and_used(tmp_path, monkeypatc
     module.write_text(textwrap.dedent("""
         from pathlib import Path
 
-        from lenvm_rl.tasks import checked_chain_correctness
+        from lenvm_rl.tasks import checked_parity_correctness
 
         def strict_sum(completions, answer, **kwargs):
             Path(__file__).with_name("called").touch()
-            return checked_chain_correctness(completions, answer)
+            return checked_parity_correctness(completions, answer)
     """))
     monkeypatch.chdir(tmp_path)
     recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"),

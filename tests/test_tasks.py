@@ -54,64 +54,66 @@ def test_gsm8k_correctness():
     assert rewards == [1.0, 1.0, 0.0, 0.0]
 
 
-# ---------------------------------------------------------------------------------------------------- checked chains
+# ---------------------------------------------------------------------------------------------------- checked parity
 
 
-def test_chains_are_seeded_evaluate_left_to_right_and_parse_back():
-    from lenvm_rl.tasks import Chain, format_chain_prompt, make_chains, parse_prompt
+def test_bit_strings_are_seeded_and_parse_back():
+    from lenvm_rl.tasks import Bits, format_parity_prompt, make_bits, parse_prompt
 
-    chain = Chain(3, (("+", 5), ("*", 2), ("+", 4)))
-    assert chain.answer == ((3 + 5) * 2 + 4) % 7 == 6 and chain.difficulty == 4
-    assert format_chain_prompt(chain) == "calc 3 +5 *2 +4"
-    assert parse_prompt([{"role": "user", "content": "calc 3 +5 *2 +4"}]) == chain
-    chains = make_chains(300, seed=2)
-    assert chains == make_chains(300, seed=2) and chains != make_chains(300, seed=3)
-    assert {c.difficulty for c in chains} == {2, 3, 4, 5, 6}
-    assert all(parse_prompt(format_chain_prompt(c)) == c for c in chains)
-    assert len({c.answer for c in chains}) == 7  # invertible operations: no collapse onto a few answers
-    for bad in ("add 3 5", "calc 3 -5", "calc x +1", "calc 3"):
-        with pytest.raises(ValueError, match="not a chain prompt"):
+    problem = Bits("10110")
+    assert problem.answer == "1" and problem.difficulty == 5 and Bits("1001").answer == "0"
+    assert format_parity_prompt(problem) == "parity 10110"
+    assert parse_prompt([{"role": "user", "content": "parity 10110"}]) == problem
+    problems = make_bits(300, seed=2)
+    assert problems == make_bits(300, seed=2) and problems != make_bits(300, seed=3)
+    assert {p.difficulty for p in problems} == set(range(2, 9))
+    assert {p.answer for p in problems} == {"0", "1"}
+    assert all(parse_prompt(format_parity_prompt(p)) == p for p in problems)
+    for bad in ("add 3 5", "parity 10a", "parity 1", "parity"):
+        with pytest.raises(ValueError, match="not a parity prompt"):
             parse_prompt(bad)
 
 
-def test_checked_chain_completions_and_their_answer():
+def test_checked_parity_completions_and_their_answer():
     from lenvm_rl.tasks import (
-        Chain,
-        checked_chain_correctness,
+        Bits,
+        checked_parity_correctness,
         completion_structure,
         first_answer,
         format_completion,
+        format_reduction,
         ideal_completion,
     )
 
-    chain = Chain(3, (("+", 5), ("*", 2), ("+", 4)))
-    assert format_completion(chain, trace=False, check=False) == "=6"
-    assert format_completion(chain, trace=True, check=False) == "1 *2 +4, 2 +4, 6 =6"
-    assert format_completion(chain, trace=True, check=True) == "1 *2 +4, 2 +4, 6 =6 check 3+5*2+4=6"
+    problem = Bits("10110")
+    assert format_reduction(problem) == "1110 010 10 1"
+    assert format_completion(problem, trace=False, check=False) == "=1"
+    assert format_completion(problem, trace=True, check=False) == "1110 010 10 1 =1"
+    assert format_completion(problem, trace=True, check=True) == "1110 010 10 1 =1 check 10110"
     for trace in (False, True):
         for check in (False, True):
-            text = format_completion(chain, trace, check)
-            assert first_answer(text) == 6
+            text = format_completion(problem, trace, check)
+            assert first_answer(text) == "1"
             assert completion_structure(text) == {"trace": trace, "check": check}
-    # the check cannot change the answer: the first standalone =N counts, whatever follows
-    assert first_answer("=6 check 3+5*2+4=5") == 6
-    assert first_answer("1 *2 +4, 2 +4, 6") is None and first_answer("3+5=8") is None
-    assert checked_chain_correctness(["=6 check junk", "=5", "6", [{"content": "=6"}]], answer=["6"] * 4) == [
+    # the check cannot change the answer: the first standalone =x counts, whatever follows
+    assert first_answer("=1 check 10110 =0") == "1"
+    assert first_answer("1110 010 10 1") is None
+    assert checked_parity_correctness(["=1 check junk", "=0", "1", [{"content": "=1"}]], answer=["1"] * 4) == [
         1.0, 0.0, 0.0, 1.0]
-    assert ideal_completion(Chain(3, (("+", 5),))) == "=1"
-    assert ideal_completion(chain) == "1 *2 +4, 2 +4, 6 =6"
+    assert ideal_completion(Bits("10")) == "=1"
+    assert ideal_completion(problem) == "1110 010 10 1 =1"
 
 
 def test_warmup_rates_and_the_oracle_expected_remaining_length():
-    from lenvm_rl.tasks import Chain, expected_remaining, format_completion, warmup_probabilities
+    from lenvm_rl.tasks import Bits, expected_remaining, format_completion, warmup_probabilities
 
-    chain = Chain(3, (("+", 5), ("*", 2)))
-    assert warmup_probabilities(chain) == pytest.approx({"trace": 0.35, "check": 0.6})
-    assert warmup_probabilities(Chain(2, (("+", 5),)))["check"] == pytest.approx(0.2)
+    problem = Bits("101")
+    assert warmup_probabilities(problem) == pytest.approx({"trace": 0.25 + 0.4 / 6, "check": 0.6})
+    assert warmup_probabilities(Bits("01"))["check"] == pytest.approx(0.2)
     gamma = 0.9
     # right after the answer only "stop" (EOS, 1 token) or the check (+ EOS) remain, at the check rate
-    check = len(format_completion(chain, False, True)) - len("=2")
+    check = len(format_completion(problem, False, True)) - len("=0")
     expected = gamma ** 1 * 0.4 + gamma ** (check + 1) * 0.6
-    assert expected_remaining(chain, "=2", len, gamma) == pytest.approx(math.log(expected) / math.log(gamma))
-    assert expected_remaining(chain, "=2 check 3+5*2=2", len, gamma) == pytest.approx(1.0)
-    assert expected_remaining(chain, "=3", len, gamma) is None  # off the warm-up data's grammar
+    assert expected_remaining(problem, "=0", len, gamma) == pytest.approx(math.log(expected) / math.log(gamma))
+    assert expected_remaining(problem, "=0 check 101", len, gamma) == pytest.approx(1.0)
+    assert expected_remaining(problem, "=1", len, gamma) is None  # off the warm-up data's grammar

@@ -1,6 +1,6 @@
 """``lenvm-rl demo``: the concise-reasoning demo, a small fixed instance of ``lenvm-rl study``.
 
-The built-in checked-chains task (:mod:`lenvm_rl.tasks`): a tiny policy is warmed up with TRL's SFTTrainer, a LenVM
+The built-in checked-parity task (:mod:`lenvm_rl.tasks`): a tiny policy is warmed up with TRL's SFTTrainer, a LenVM
 critic is trained on its rollouts, and GRPO runs from the same start under no length term, the strongest
 sequence-level baselines (linear penalty under batch normalization, Arora & Zanette's gated self-normalized penalty)
 and token-level LenVM with its sequence-level ablation, each over a short grid, one seed. The report, plots and

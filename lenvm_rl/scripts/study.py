@@ -1,6 +1,6 @@
 """``lenvm-rl study``: a fair, powered comparison of length methods that any task can plug into.
 
-From one starting policy (a path, or the built-in warm-up on the checked-chains task of :mod:`lenvm_rl.tasks`), with
+From one starting policy (a path, or the built-in warm-up on the checked-parity task of :mod:`lenvm_rl.tasks`), with
 one LenVM critic trained on that policy's rollouts (or given), every (method variant, coefficient, seed) of the recipe
 gets the same RL budget (steps, prompts and samples per step, learning rate) and the same evaluation (held-out prompts
 × samples at temperature 1, plus greedy). Each run's result is saved the moment it finishes, and a rerun skips
@@ -79,11 +79,11 @@ class StudyConfig:
     policy: str = field(
         default=BUILTIN,
         metadata={"help": "Starting policy: a local directory (causal LM + tokenizer), or 'builtin' (a tiny Llama "
-                          "warmed up with TRL's SFTTrainer on the checked-chains task)."},
+                          "warmed up with TRL's SFTTrainer on the checked-parity task)."},
     )
     dataset: str = field(
         default=BUILTIN,
-        metadata={"help": "Prompts: 'builtin' (checked chains, generated) or a save_to_disk directory / json(l) / "
+        metadata={"help": "Prompts: 'builtin' (checked parity, generated) or a save_to_disk directory / json(l) / "
                           "parquet file with train and eval splits (a single file: its first eval_prompts rows are "
                           "held out)."},
     )
@@ -94,7 +94,7 @@ class StudyConfig:
         default="difficulty", metadata={"help": "Optional column to break results down by (None: no breakdown)."}
     )
     reward_funcs: list[str] = field(
-        default_factory=lambda: ["lenvm_rl.tasks:checked_chain_correctness"],
+        default_factory=lambda: ["lenvm_rl.tasks:checked_parity_correctness"],
         metadata={"help": "Task rewards as import paths module:function (or built-in names); the first one defines "
                           "correctness (accuracy and the LenVM gate)."},
     )
@@ -125,7 +125,7 @@ class StudyConfig:
     rl_learning_rate: float = field(default=5e-5, metadata={"help": "Policy learning rate of every RL run."})
     rl_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature during RL."})
     rl_beta: float = field(default=0.0, metadata={"help": "KL coefficient of every RL run."})
-    max_completion_length: int = field(default=80, metadata={"help": "Token limit (RL and evaluation)."})
+    max_completion_length: int = field(default=64, metadata={"help": "Token limit (RL and evaluation)."})
     eval_prompts: int = field(default=400, metadata={"help": "Held-out prompts evaluated."})
     eval_samples: int = field(default=4, metadata={"help": "Samples per evaluation prompt."})
     eval_temperature: float = field(default=1.0, metadata={"help": "Evaluation sampling temperature."})
@@ -244,10 +244,10 @@ class StageClock:
 
 
 def _builtin_rows(count: int, seed: int) -> list[dict[str, Any]]:
-    from ..tasks import format_chain_prompt, make_chains
+    from ..tasks import format_parity_prompt, make_bits
 
-    return [{"prompt": [{"role": "user", "content": format_chain_prompt(c)}], "answer": str(c.answer),
-             "difficulty": c.difficulty} for c in make_chains(count, seed=seed)]
+    return [{"prompt": [{"role": "user", "content": format_parity_prompt(p)}], "answer": p.answer,
+             "difficulty": p.difficulty} for p in make_bits(count, seed=seed)]
 
 
 def _load_splits(config: StudyConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -284,12 +284,12 @@ def _load_splits(config: StudyConfig) -> tuple[list[dict[str, Any]], list[dict[s
 
 
 def _warm_up(config: StudyConfig, out: Path) -> Path:
-    """The built-in starting policy: a tiny Llama fitted with TRL's SFTTrainer on checked-chains completions written
+    """The built-in starting policy: a tiny Llama fitted with TRL's SFTTrainer on checked-parity completions written
     with the prompt-dependent rates of :func:`lenvm_rl.tasks.warmup_probabilities`."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from ..tasks import format_chain_prompt, format_completion, make_chains, warmup_probabilities
+    from ..tasks import format_completion, format_parity_prompt, make_bits, warmup_probabilities
     from ..tiny import save_tiny_causal_lm
 
     policy = out / "policy"
@@ -297,10 +297,10 @@ def _warm_up(config: StudyConfig, out: Path) -> Path:
         return policy
     rng = random.Random(config.data_seed + 1)
     rows = []
-    for chain in make_chains(config.warmup_problems, seed=config.data_seed + 1):
-        rates = warmup_probabilities(chain)
-        text = format_completion(chain, trace=rng.random() < rates["trace"], check=rng.random() < rates["check"])
-        rows.append({"prompt": [{"role": "user", "content": format_chain_prompt(chain)}],
+    for problem in make_bits(config.warmup_problems, seed=config.data_seed + 1):
+        rates = warmup_probabilities(problem)
+        text = format_completion(problem, trace=rng.random() < rates["trace"], check=rng.random() < rates["check"])
+        rows.append({"prompt": [{"role": "user", "content": format_parity_prompt(problem)}],
                      "completion": [{"role": "assistant", "content": text}]})
     initial = save_tiny_causal_lm(out / "policy-init", "llama", seed=config.data_seed,
                                   hidden_size=config.warmup_hidden_size, num_layers=config.warmup_layers)
@@ -557,7 +557,7 @@ def _forced_decisions(config: StudyConfig, model: Any, tokenizer: Any, rows: lis
 
 
 def _critic_at_decisions(critic_path: str, rollouts: Path) -> dict[str, dict[str, float]]:
-    """The critic's error where the checked-chains task decides its length, on held-out rollouts of the starting
+    """The critic's error where the checked-parity task decides its length, on held-out rollouts of the starting
     policy: before the first token (trace or not) and right after the answer (check or stop). Compared with the
     warm-up policy's own expected remaining length there (:func:`lenvm_rl.tasks.expected_remaining`, value space),
     which an oracle critic of the starting policy would predict. States whose text strays from the task's grammar

@@ -304,7 +304,7 @@ def _runs_section(table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray, b
     header += ["trace rate", "check rate"] if structure else []
     header += [f"tokens d={d}" for d in levels]
     lines = ["## Every configuration", "", "Means over seeds and prompts. Rates: fraction of sampled completions that "
-             "write the trace / the check (checked-chains task).", "",
+             "write the trace / the check (checked-parity task).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def row(name: str, coef: str, runs: str, metrics: dict[str, np.ndarray], acc_ci: str, tok_ci: str) -> str:

@@ -85,8 +85,8 @@ GATE_PATIENCE = 5
 _CRITIC_OPTIONS = ("critic_model_name_or_path", "critic_gamma", "critic_dtype", "critic_batch_size", "critic_zero3",
                    "critic_refresh", "critic_learning_rate")
 _LENGTH_OPTIONS = ("length_coef", "length_coef_schedule", "length_coef_warmup_steps", "length_lam", "length_units",
-                   "length_credit", "length_scale", "length_gate", "length_gate_reward_funcs", "length_gate_threshold",
-                   "length_gate_failed", "whiten_length_advantages")
+                   "length_credit", "length_scale", "length_scale_min", "length_gate", "length_gate_reward_funcs",
+                   "length_gate_threshold", "length_gate_failed", "whiten_length_advantages")
 _GATE_DETAILS = ("length_gate_reward_funcs", "length_gate_threshold", "length_gate_failed")
 
 
@@ -141,6 +141,11 @@ class LenVMGRPOConfig(GRPOConfig):
         default="batch",
         metadata={"help": "Relative units: divide the group-centered length outcome by its std over the 'batch' "
                           "(DLER-style), the 'group' (TRL's reward default), or 'none'."},
+    )
+    length_scale_min: float = field(
+        default=0.1,
+        metadata={"help": "Relative units: floor of that std (a fraction of the expected length), so that a batch "
+                          "whose passing completions barely differ in length does not blow up per-token credits."},
     )
     length_gate: str | None = field(
         default=None,
@@ -198,6 +203,8 @@ class LenVMGRPOConfig(GRPOConfig):
             raise ValueError(f"length_gate must be one of {LENGTH_GATES}, got {self.length_gate!r}")
         if not math.isfinite(self.length_coef):
             raise ValueError(f"length_coef must be a finite number, got {self.length_coef!r}")
+        if not (math.isfinite(self.length_scale_min) and self.length_scale_min > 0):
+            raise ValueError(f"length_scale_min must be a positive number, got {self.length_scale_min!r}")
         if not 0.0 <= self.length_lam <= 1.0:
             raise ValueError(f"length_lam must lie in [0, 1], got {self.length_lam!r}")
         if self.critic_gamma is not None:
@@ -225,13 +232,14 @@ class LenVMGRPOConfig(GRPOConfig):
         if self.length_mode == "none":
             ignored = _CRITIC_OPTIONS + _LENGTH_OPTIONS
         elif self.length_mode == "shaping":
-            ignored = ("length_lam", "length_units", "length_credit", "length_scale", "length_gate", *_GATE_DETAILS,
+            ignored = ("length_lam", "length_units", "length_credit", "length_scale", "length_scale_min", "length_gate",
+                       *_GATE_DETAILS,
                        "whiten_length_advantages", "critic_refresh", "critic_learning_rate")
         else:
             if self.length_units == "relative":
                 ignored += ("whiten_length_advantages",)
             else:
-                ignored += ("length_credit", "length_scale")
+                ignored += ("length_credit", "length_scale", "length_scale_min")
             if self.length_gate == "none":
                 ignored += _GATE_DETAILS
             if not self.critic_refresh:
@@ -401,7 +409,8 @@ class LenVMGRPOTrainer(GRPOTrainer):
         outcomes = credits.sum(dim=1)
         gathered = self.accelerator.gather(torch.stack([outcomes, passed.to(outcomes.dtype)], dim=1))
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        statistics = length_outcome_statistics(gathered[:, 0], gathered[:, 1].bool(), group_size, args.length_scale)
+        statistics = length_outcome_statistics(gathered[:, 0], gathered[:, 1].bool(), group_size, args.length_scale,
+                                               args.length_scale_min)
         rows = slice(self.accelerator.process_index * len(values), (self.accelerator.process_index + 1) * len(values))
         normalized = normalize_length_credits(
             credits, completion_mask, group_size, passed, placement=args.length_credit,

@@ -60,6 +60,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
+from ..data import check_local_path
 from ..length_math import potential_shaping, task_gae
 from ..modeling import LengthValueConfig, LengthValueModel
 from ..signals import terminated_mask
@@ -334,8 +335,7 @@ def _load_task_critic(source: LengthValueModel | str | None, policy: Any, args: 
                              "task_critic_model_name_or_path")
         source = policy
     path = Path(source)
-    if not path.exists() and (path.is_absolute() or str(source).startswith(".")):
-        raise FileNotFoundError(f"task critic {source} does not exist")
+    check_local_path(source, "task critic")
     model_type = AutoConfig.from_pretrained(source, trust_remote_code=args.trust_remote_code).model_type
     if model_type == LengthValueConfig.model_type:
         critic = LengthValueModel.from_pretrained(source, dtype=torch.float32, trust_remote_code=args.trust_remote_code)

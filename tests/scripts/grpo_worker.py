@@ -1,6 +1,6 @@
 """A few LenVM-GRPO steps under a launcher (torchrun / DeepSpeed), run by tests/test_grpo_distributed.py.
 
-usage: python grpo_worker.py WORKDIR [--deepspeed-zero3] [--whiten]
+usage: python grpo_worker.py WORKDIR [--deepspeed-zero3] [--whiten | --relative-gated]
 WORKDIR holds `policy/` and `critic/` (with tokenizer); each rank writes WORKDIR/rank{r}.json.
 Under DeepSpeed, `use_cpu` must stay False (it disables accelerate's DeepSpeed plugin) and bf16 off on CPU.
 """
@@ -18,7 +18,8 @@ from lenvm_rl import LenVMGRPOConfig, LenVMGRPOTrainer  # noqa: E402
 
 
 class RecordingTrainer(LenVMGRPOTrainer):
-    """Keeps the whitened length term of each generation batch so the test can check global statistics."""
+    """Keeps the whitened length term (value units) or the inputs and output of the relative length advantage of
+    each generation batch, so the test can check that statistics span both processes."""
 
     records: list = []
 
@@ -26,6 +27,13 @@ class RecordingTrainer(LenVMGRPOTrainer):
         whitened = super()._whiten_across_processes(values, mask)
         self.records.append({"raw": values[mask.bool()].tolist(), "whitened": whitened[mask.bool()].tolist()})
         return whitened
+
+    def _relative_length_advantages(self, values, completion_mask, terminated, passed, mode):
+        advantages, mask = super()._relative_length_advantages(values, completion_mask, terminated, passed, mode)
+        self.records.append({"values": values.tolist(), "completion_mask": completion_mask.tolist(),
+                             "terminated": terminated.tolist(), "passed": passed.tolist(),
+                             "advantages": advantages.tolist(), "mode": mode})
+        return advantages, mask
 
 
 def reward_len_parity(completions, **kwargs):
@@ -40,12 +48,17 @@ def main() -> None:
         deepspeed = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 4,
                      "gradient_accumulation_steps": 1, "bf16": {"enabled": False}}
     prompts = Dataset.from_list([{"prompt": f"add: {i} {i + 1}"} for i in range(16)])
+    relative = "--relative-gated" in sys.argv
+    whiten = "--whiten" in sys.argv
+    length_options = ({"length_gate": "success", "length_lam": 0.5} if relative else
+                      {"length_gate": "none", "length_units": "value", "whiten_length_advantages": whiten})
     args = LenVMGRPOConfig(
-        output_dir=os.path.join(workdir, "out"), per_device_train_batch_size=4, num_generations=4,
+        output_dir=os.path.join(workdir, "out"), per_device_train_batch_size=4,
+        # with the relative units, groups of 8 span both processes (4 rows each): their statistics must be joint
+        num_generations=8 if relative else 4,
         max_completion_length=16, max_steps=2, learning_rate=1e-3, use_cpu=not zero3, bf16=False, report_to="none",
         logging_steps=1, beta=0.0, seed=0, save_strategy="no", disable_tqdm=True,
-        length_mode=os.environ.get("LENGTH_MODE", "advantage"),
-        length_coef=1.0, length_gate="none", whiten_length_advantages="--whiten" in sys.argv,
+        length_mode=os.environ.get("LENGTH_MODE", "advantage"), length_coef=1.0, **length_options,
         critic_model_name_or_path=os.path.join(workdir, "critic"), deepspeed=deepspeed,
     )
     trainer = RecordingTrainer(model=os.path.join(workdir, "policy"), reward_funcs=reward_len_parity, args=args,
