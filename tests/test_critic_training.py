@@ -192,3 +192,47 @@ def test_cli_train_then_eval(tiny_model_dir, tiny_tokenizer, synthetic_rollouts,
         assert 0 <= metrics[key] < 10
     for plot in ("calibration.png", "error_by_position.png"):
         assert (tmp_path / "eval" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trainable_top_layers_trains_only_the_top_of_the_backbone(tiny_model_dir, tiny_tokenizer,
+                                                                 synthetic_rollouts, tmp_path):
+    synthetic_rollouts(tmp_path / "rollouts", tiny_tokenizer, num_prompts=8, samples=2)
+    config = quick_config(tmp_path / "critic", trainable_top_layers=1, eval_strategy="steps", eval_steps=2,
+                          gamma="0.95")
+    trainer = train_critic(CriticScriptArguments(rollouts=str(tmp_path / "rollouts")), config,
+                           ModelConfig(model_name_or_path=str(tiny_model_dir)))
+    base = LengthValueModel.from_backbone(tiny_model_dir).backbone.state_dict()
+    saved = LengthValueModel.from_pretrained(tmp_path / "critic")
+    trained = saved.backbone.state_dict()
+    for name in ("embed_tokens.weight", "layers.0.self_attn.q_proj.weight", "layers.0.mlp.down_proj.weight",
+                 "layers.0.input_layernorm.weight"):
+        assert torch.equal(trained[name], base[name]), name
+    for name in ("layers.1.self_attn.q_proj.weight", "layers.1.mlp.down_proj.weight"):
+        assert not torch.equal(trained[name], base[name]), name
+    # the evaluation reports what the training cost so far, evaluation excluded
+    evals = [entry for entry in trainer.state.log_history if "eval_train_cpu_seconds" in entry]
+    assert evals and all(entry["eval_train_seconds"] > 0 for entry in evals)
+    assert [e["eval_train_seconds"] for e in evals] == sorted(e["eval_train_seconds"] for e in evals)
+
+
+def test_freeze_lower_layers_counts_and_errors(tiny_model_dir, tiny_tokenizer, synthetic_rollouts, tmp_path):
+    from lenvm_rl.trainer.critic import freeze_lower_layers
+
+    critic = LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9)
+    total = sum(p.numel() for p in critic.parameters())
+    head = sum(p.numel() for p in critic.head.parameters())
+    norm = critic.backbone.norm.weight.numel()
+    layer = sum(p.numel() for p in critic.backbone.layers[1].parameters())
+    assert freeze_lower_layers(critic, 0) == {"trainable": head + norm, "frozen": total - head - norm}
+    assert freeze_lower_layers(critic, 1)["trainable"] == head + norm + layer
+    assert not critic.backbone.embed_tokens.weight.requires_grad
+    assert freeze_lower_layers(critic, 2)["trainable"] == total - critic.backbone.embed_tokens.weight.numel()
+    with pytest.raises(ValueError, match=r"trainable_top_layers must lie in \[0, 2\]"):
+        freeze_lower_layers(critic, 3)
+    with pytest.raises(ValueError, match="trainable_top_layers must be ≥ 0"):
+        LenVMConfig(output_dir="x", trainable_top_layers=-1)
+    synthetic_rollouts(tmp_path / "rollouts", tiny_tokenizer, num_prompts=4, samples=2)
+    with pytest.raises(ValueError, match="choose one"):
+        train_critic(CriticScriptArguments(rollouts=str(tmp_path / "rollouts")),
+                     quick_config(tmp_path / "c", trainable_top_layers=1),
+                     ModelConfig(model_name_or_path=str(tiny_model_dir), use_peft=True))

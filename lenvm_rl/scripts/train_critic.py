@@ -22,7 +22,7 @@ from ..io import write_text_atomically
 from ..length_math import length_to_value
 from ..modeling import LengthValueModel, add_lora, check_tokenizer, merge_lora, unwrap_critic
 from ..rollout import load_rollouts
-from ..trainer.critic import LenVMConfig, LenVMTrainer, prepare_critic_dataset, resolve_gamma
+from ..trainer.critic import LenVMConfig, LenVMTrainer, freeze_lower_layers, prepare_critic_dataset, resolve_gamma
 from ._common import end_job
 
 __all__ = ["CriticScriptArguments", "train_critic", "main"]
@@ -91,6 +91,9 @@ def train_critic(script_args: CriticScriptArguments, config: LenVMConfig, model_
 
     if not model_args.model_name_or_path:
         raise ValueError("train-critic needs --model_name_or_path (a decoder backbone or a saved LenVM critic)")
+    if config.trainable_top_layers is not None and model_args.use_peft:
+        raise ValueError("trainable_top_layers and use_peft are two different ways to train part of the critic; "
+                         "choose one")
     check_local_path(model_args.model_name_or_path, "model_name_or_path")
     check_local_path(script_args.tokenizer_name_or_path, "tokenizer_name_or_path")
     splits, info = load_rollouts(script_args.rollouts)
@@ -138,6 +141,10 @@ def train_critic(script_args: CriticScriptArguments, config: LenVMConfig, model_
 
     critic = _load_critic(model_args, config, gamma)
     model = add_lora(critic, _lora_config(model_args)) if model_args.use_peft else critic
+    if config.trainable_top_layers is not None:
+        counts = freeze_lower_layers(critic, config.trainable_top_layers)
+        logger.info("training the top %d layers, the final norm and the head: %d of %d parameters",
+                    config.trainable_top_layers, counts["trainable"], counts["trainable"] + counts["frozen"])
     baseline = float(length_to_value(torch.tensor(train_lengths, dtype=torch.float64), gamma).mean())
     trainer = LenVMTrainer(
         model=model, args=config, train_dataset=train, eval_dataset=eval_data, processing_class=tokenizer,

@@ -11,14 +11,15 @@ sequence first, which would weight tokens by ``1/L`` and change the regression t
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from datasets import Dataset
-from torch import Tensor
-from transformers import Trainer, TrainingArguments
+from torch import Tensor, nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..length_math import check_gamma, choose_gamma, length_to_value
 from ..modeling import unwrap_critic
@@ -30,6 +31,7 @@ __all__ = [
     "length_regression_loss",
     "prepare_critic_dataset",
     "resolve_gamma",
+    "freeze_lower_layers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,14 @@ class LenVMConfig(TrainingArguments):
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modeling code from the hub for the critic backbone."}
     )
+    trainable_top_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train only the top k decoder layers of the backbone, its final norm and the value head; the "
+            "embeddings and lower layers stay frozen, so backpropagation stops at layer L-k (cheap on CPU). "
+            "None trains everything; 0 trains the head and the final norm. Not combined with LoRA (use_peft)."
+        },
+    )
     learning_rate: float = field(default=1e-5, metadata={"help": "Initial learning rate (AdamW)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
     remove_unused_columns: bool = field(
@@ -84,6 +94,8 @@ class LenVMConfig(TrainingArguments):
             raise ValueError(f"truncated_rollouts must be 'drop' or 'error', got {self.truncated_rollouts!r}")
         if str(self.gamma) != "auto":
             self.gamma = str(check_gamma(self.gamma))
+        if self.trainable_top_layers is not None and self.trainable_top_layers < 0:
+            raise ValueError(f"trainable_top_layers must be ≥ 0 or None, got {self.trainable_top_layers}")
 
 
 def length_regression_loss(
@@ -169,6 +181,64 @@ def prepare_critic_dataset(
     return kept
 
 
+def _decoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's stack of decoder layers: the first ``ModuleList`` holding ``num_hidden_layers`` modules
+    (``layers`` for Llama/Qwen2, ``h`` for GPT-2)."""
+    config = getattr(backbone, "config", None)
+    count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    for module in backbone.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and (count is None or len(module) == count):
+            return module
+    raise ValueError(f"cannot find the decoder layers of {type(backbone).__name__} (no ModuleList of {count} layers)")
+
+
+def freeze_lower_layers(critic: Any, trainable_top_layers: int) -> dict[str, int]:
+    """Freeze a :class:`~lenvm_rl.modeling.LengthValueModel`'s backbone except its top ``k`` decoder layers.
+
+    Trainable afterwards: the last ``k`` decoder layers, the backbone's parameters outside the layer stack that are
+    not embeddings (the final norm), and the whole value head. Frozen: the embeddings (and so a tied LM head, which
+    the critic does not have anyway) and layers ``0 … L-k-1``. Since no frozen parameter needs a gradient and the
+    inputs are token ids, autograd stops at layer ``L-k``: the backward pass costs about ``k/L`` of a full one.
+
+    Returns ``{"trainable": n, "frozen": m}`` parameter counts. ``k`` larger than the number of layers is an error.
+    """
+    critic = critic if hasattr(critic, "backbone") else critic.get_base_model()
+    layers = _decoder_layers(critic.backbone)
+    if not 0 <= trainable_top_layers <= len(layers):
+        raise ValueError(f"trainable_top_layers must lie in [0, {len(layers)}] for this backbone, "
+                         f"got {trainable_top_layers}")
+    in_layers = {id(p) for p in layers.parameters()}
+    top = {id(p) for layer in list(layers)[len(layers) - trainable_top_layers:] for p in layer.parameters()}
+    embeddings = {id(p) for m in critic.backbone.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    for parameter in critic.backbone.parameters():
+        key = id(parameter)
+        parameter.requires_grad_(key in top or (key not in in_layers and key not in embeddings))
+    for parameter in critic.head.parameters():
+        parameter.requires_grad_(True)
+    counts = {"trainable": 0, "frozen": 0}
+    for parameter in critic.parameters():
+        counts["trainable" if parameter.requires_grad else "frozen"] += parameter.numel()
+    return counts
+
+
+class _TrainingClock(TrainerCallback):
+    """Accumulates the wall and process-CPU seconds spent inside optimizer steps (evaluation excluded), so that
+    evaluation metrics can be read against training cost (``train_seconds``, ``train_cpu_seconds``)."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+        self._start: tuple[float, float] | None = None
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start = (time.perf_counter(), time.process_time())
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._start is not None:
+            self.wall += time.perf_counter() - self._start[0]
+            self.cpu += time.process_time() - self._start[1]
+            self._start = None
+
+
 def resolve_gamma(gamma: str | float, lengths: list[int], quantile: float = 0.99, coverage: float = 0.99) -> float:
     """``gamma`` as a float; ``'auto'`` applies :func:`choose_gamma` to the terminated training lengths."""
     if str(gamma) == "auto":
@@ -181,7 +251,9 @@ class LenVMTrainer(Trainer):
 
     The model is a :class:`LengthValueModel` (or a LoRA-wrapped one) whose config holds γ. ``evaluate`` adds the
     critic metrics of :func:`lenvm_rl.evaluation.critic_metrics` (prompt-boundary MRE against the value-space ground
-    truth and a constant baseline, relative remaining-length error at 0/25/50/75% of each completion).
+    truth and a constant baseline, relative remaining-length error at 0/25/50/75% of each completion) and the
+    training cost so far: ``train_seconds`` (wall) and ``train_cpu_seconds`` (process CPU time) spent inside
+    optimizer steps, evaluation excluded, so that runs can be compared by quality per CPU-minute.
     """
 
     def __init__(self, model: Any, args: LenVMConfig | TrainingArguments | None = None, *,
@@ -196,6 +268,8 @@ class LenVMTrainer(Trainer):
         self.baseline_value = baseline_value
         super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class,
                          **kwargs)
+        self.training_clock = _TrainingClock()
+        self.add_callback(self.training_clock)
         # compute_loss divides by the step's supervised-token count, which the Trainer computes from `labels`
         # (and gathers across processes) only for models that accept loss kwargs.
         self.model_accepts_loss_kwargs = True
@@ -225,6 +299,8 @@ class LenVMTrainer(Trainer):
             )
             self.model.train(was_training)
             extra = {f"{metric_key_prefix}_{key}": value for key, value in extra.scalars().items()}
+            extra[f"{metric_key_prefix}_train_seconds"] = round(self.training_clock.wall, 3)
+            extra[f"{metric_key_prefix}_train_cpu_seconds"] = round(self.training_clock.cpu, 3)
             self.log(extra)
             metrics.update(extra)
         return metrics
