@@ -1,8 +1,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lenvm_rl import LengthCritic, LengthValueModel
-from lenvm_rl.signals import completion_mask_from_ids, gate_by_success
+from lenvm_rl import LengthCritic, LengthValueModel, completion_mask_from_ids, relative_length_advantages
 from lenvm_rl.tasks import arithmetic_correctness
 
 torch.manual_seed(0)
@@ -28,9 +27,11 @@ for step in range(3):
     grouped = rewards.view(-1, group)                                                # GRPO-style task advantage
     task_advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).flatten()
 
-    signals = critic.signals(prompt_ids, prompt_mask, completion_ids, completion_mask, lam=0.95)
-    length_advantages = gate_by_success(signals.length_advantages, rewards, threshold=1.0)  # only correct answers
-    advantages = (task_advantages[:, None] + 0.5 * length_advantages) * completion_mask     # (B, T)
+    values = critic.values(prompt_ids, prompt_mask, completion_ids, completion_mask)  # (B, T+1), one forward
+    length_advantages = relative_length_advantages(                                  # scale-free, gated (B, T)
+        values, completion_mask, critic.gamma, group_size=group, lam=0.95, terminated=terminated,
+        passed=rewards >= 1.0)                                                       # only correct answers earn it
+    advantages = (task_advantages[:, None] + 1.0 * length_advantages) * completion_mask     # (B, T)
 
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)

@@ -443,12 +443,12 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     _check_settings(config, out)
     task_rewards = resolve_reward_functions(config.reward_funcs)
     _write_json(out / CONFIG_FILE, {"config": asdict(config), "fingerprint": config.fingerprint()})
+    train_rows, eval_rows = _load_splits(config)
     if config.report_only:
         return write_report(config, out, load_results(out), stage_seconds={})
     torch.set_num_threads(config.threads)
     for noisy in ("transformers", "trl", "datasets", "accelerate", "lenvm_rl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    train_rows, eval_rows = _load_splits(config)
 
     runs = [(label, method, coef, seed) for seed in config.seeds for label, method, coef in config.variants()]
     run_names = {run: f"{run[0]} {run[2]:g} seed {run[3]}" for run in runs}
@@ -500,9 +500,13 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             if config.dataset == BUILTIN:
                 start["forced"] = _forced_decisions(config, model, tokenizer, eval_rows, task_rewards[0])
             _write_json(out / "start.json", start)
-            _write_json(out / "eval_prompts.json", _prompt_table(config, eval_rows, tokenizer))
             clock.finish("starting policy", started)
             del model
+        if not (out / "eval_prompts.json").exists():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(policy)
+            _write_json(out / "eval_prompts.json", _prompt_table(config, eval_rows, tokenizer))
 
         for run in runs:
             if run in finished:
