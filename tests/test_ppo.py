@@ -340,3 +340,35 @@ def test_ppo_recipe_with_the_tiny_override(tmp_path, tiny_model_dir, monkeypatch
     assert (output_dir / "adapter_config.json").exists()  # LoRA policy saved as an adapter
     assert (output_dir / "task_critic" / "model.safetensors").exists()
     assert (output_dir / "checkpoint-2" / "task_critic" / "optimizer.pt").exists()
+
+
+def test_pretrain_task_critic_learns_the_return_from_the_prompt(tiny_model_dir):
+    """Rollouts whose reward is set by the prompt (a… → 1, z… → 0): after offline pretraining the critic's values at
+    every position separate the two; truncated rows are left out; mismatched inputs are refused."""
+    from lenvm_rl.trainer.ppo import pretrain_task_critic
+
+    tokenizer = build_tiny_tokenizer()
+    rows, rewards = [], []
+    for index in range(16):
+        text = ("a" if index % 2 else "z") * 3 + f" {index}"
+        completion = tokenizer(f"ok {index}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append({"prompt_ids": tokenizer(text, add_special_tokens=False)["input_ids"],
+                     "completion_ids": completion, "terminated": True})
+        rewards.append(float(index % 2))
+    rows.append({**rows[0], "terminated": False})
+    rewards.append(5.0)  # a truncated row: its return is unknown and must not be learned
+    torch.manual_seed(0)
+    critic = LengthValueModel.from_backbone(tiny_model_dir)
+    losses = pretrain_task_critic(critic, rows, rewards, tokenizer.pad_token_id, steps=60, batch_size=8,
+                                  learning_rate=3e-3)
+    assert sum(losses[-10:]) / 10 < 0.25 * losses[0]
+    from lenvm_rl import pad_prompt_completion_batch
+
+    with torch.no_grad():
+        values = critic.values_for_completions(*pad_prompt_completion_batch(rows[:16], tokenizer.pad_token_id),
+                                               read="logits")[:, 0]
+    assert float(values[1::2].mean()) > 0.7 and float(values[0::2].mean()) < 0.3
+    with pytest.raises(ValueError, match="17 rollouts but 3 rewards"):
+        pretrain_task_critic(critic, rows, rewards[:3], tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="no terminated rollout"):
+        pretrain_task_critic(critic, rows[-1:], rewards[-1:], tokenizer.pad_token_id)

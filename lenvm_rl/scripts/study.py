@@ -26,7 +26,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ __all__ = ["StudyConfig", "run_study", "main", "DEFAULT_METHODS", "DATACLASSES"]
 logger = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
+PRETRAINED = "pretrained"
 CONFIG_FILE = "study_config.json"
 RESULT_FILE = "result.json"
 
@@ -66,6 +67,7 @@ DEFAULT_METHODS: dict[str, dict[str, Any]] = {
 _RUN_FIELDS = ("policy", "dataset", "train_split", "eval_split", "prompt_column", "reward_funcs", "success_threshold",
                "warmup_hidden_size", "warmup_layers", "warmup_problems", "warmup_steps", "warmup_learning_rate",
                "critic", "critic_rollout_prompts", "critic_rollout_samples", "critic_steps", "critic_learning_rate",
+               "task_critic_steps", "task_critic_learning_rate",
                "train_prompts", "rl_steps", "rl_prompts_per_step", "rl_generations", "rl_learning_rate",
                "rl_temperature", "rl_beta", "max_completion_length", "eval_prompts", "eval_samples",
                "eval_temperature", "eval_greedy", "data_seed")
@@ -118,6 +120,10 @@ class StudyConfig:
     critic_rollout_samples: int = field(default=8, metadata={"help": "Samples per rollout prompt."})
     critic_steps: int = field(default=600, metadata={"help": "Critic training steps (batch 32)."})
     critic_learning_rate: float = field(default=2e-3, metadata={"help": "Critic learning rate."})
+    task_critic_steps: int = field(
+        default=300, metadata={"help": "Steps of the task critic pretrained for PPO variants that ask for one."}
+    )
+    task_critic_learning_rate: float = field(default=1e-3, metadata={"help": "Its learning rate (batch 32)."})
     train_prompts: int = field(default=4096, metadata={"help": "Built-in dataset: RL prompts generated."})
     rl_steps: int = field(default=60, metadata={"help": "Optimizer steps of every RL run."})
     rl_prompts_per_step: int = field(default=8, metadata={"help": "Prompts per step (each sampled rl_generations×)."})
@@ -352,6 +358,43 @@ def _train_critic(config: StudyConfig, policy: Path, train_rows: list[dict[str, 
     return str(critic), metrics
 
 
+def _pretrain_task_critic(config: StudyConfig, policy: Path, out: Path,
+                          correctness: Callable[..., Any]) -> dict[str, float]:
+    """The task critic PPO variants ask for (``task_critic_model_name_or_path: pretrained``): the starting policy's
+    backbone with a new head, fitted to the correctness of the critic's rollouts of the starting policy
+    (:func:`lenvm_rl.trainer.ppo.pretrain_task_critic`), as the LenVM critic is fitted to their lengths."""
+    from transformers import AutoTokenizer
+
+    from ..modeling import LengthValueModel
+    from ..rollout import load_rollouts
+    from ..trainer.ppo import pretrain_task_critic
+
+    if not (out / "rollouts").exists():
+        raise ValueError("a pretrained task critic is fitted to the study's rollouts of the starting policy; they "
+                         "exist only with critic: train")
+    prompts = [json.loads(line) for line in (out / "data" / "critic_prompts.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    splits, _ = load_rollouts(out / "rollouts")
+    metrics: dict[str, float] = {}
+    scored = {}
+    for name, split in splits.items():
+        rows = split.to_list()
+        texts = [tokenizer.decode(row["completion_ids"], skip_special_tokens=True) for row in rows]
+        columns = {key: [prompts[row["prompt_index"]][key] for row in rows]
+                   for key in prompts[0] if key != config.prompt_column}
+        rewards = correctness(prompts=[prompts[row["prompt_index"]][config.prompt_column] for row in rows],
+                              completions=texts, completion_ids=[row["completion_ids"] for row in rows], **columns)
+        scored[name] = (rows, [float(r or 0.0) for r in rewards])
+    critic = LengthValueModel.from_backbone(str(policy))
+    losses = pretrain_task_critic(critic, *scored["train"], tokenizer.pad_token_id, steps=config.task_critic_steps,
+                                  learning_rate=config.task_critic_learning_rate, seed=config.data_seed)
+    metrics.update({"first_loss": losses[0], "last_loss": float(np.mean(losses[-20:])),
+                    "mean_reward": float(np.mean(scored["train"][1]))})
+    critic.save_pretrained(out / "task-critic")
+    tokenizer.save_pretrained(out / "task-critic")
+    return metrics
+
+
 def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
               correctness: Callable[..., Any], seed: int) -> dict[str, list[float]]:
     from ..study.evaluate import evaluate_policy
@@ -383,7 +426,10 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     from ..study.methods import plan_run
 
     variant = config.methods[label]
-    plan = plan_run(method, coef, task_rewards, config.max_completion_length, critic, variant.get("options"))
+    options = dict(variant.get("options") or {})
+    if options.get("task_critic_model_name_or_path") == PRETRAINED:
+        options["task_critic_model_name_or_path"] = str(out / "task-critic")
+    plan = plan_run(method, coef, task_rewards, config.max_completion_length, critic, options)
     run_dir = _run_dir(out, label, coef, seed)
     args = plan.config_class(
         output_dir=str(run_dir / "trainer"), max_steps=config.rl_steps,
@@ -418,7 +464,10 @@ def _check_settings(config: StudyConfig, out: Path) -> None:
         return
     previous = json.loads(saved.read_text()).get("fingerprint", {})
     current = json.loads(json.dumps(config.fingerprint()))
-    differ = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    defaults = {f.name: f.default for f in fields(StudyConfig)}
+    # a run setting added after the directory was made counts as unchanged while it keeps its default
+    differ = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k)
+                    and not (k not in previous and current.get(k) == defaults.get(k)))
     if differ:
         details = ", ".join(f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in differ)
         raise ValueError(f"{out} holds runs made with other settings ({details}); use another output_dir or remove "
@@ -457,6 +506,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
     weight = {run: (1.6 if METHODS[run[1]].trainer == "ppo" else 1.0) for run in runs}
     stages = [("warm-up", 0.0 if config.policy != BUILTIN else config.warmup_steps / 150),
+              ("task critic", config.task_critic_steps / 300),
               ("critic", 0.0 if config.critic != "train" else 1.0 + config.critic_steps / 400),
               ("starting policy", 0.3)] + [(run_names[run], weight[run]) for run in runs]
     done = {run_names[run] for run in finished}
@@ -466,6 +516,10 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
         done.add("critic")
     if (out / "start.json").exists():
         done.add("starting policy")
+    if (out / "task-critic" / "config.json").exists() or not any(
+            (config.methods[run[0]].get("options") or {}).get("task_critic_model_name_or_path") == PRETRAINED
+            for run in runs):
+        done.add("task critic")
     clock = StageClock(stages, done)
     try:
         started = clock.start("warm-up")
@@ -489,6 +543,12 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                 if config.dataset == BUILTIN and "decisions" not in critic_metrics:
                     critic_metrics["decisions"] = _critic_at_decisions(critic, out / "rollouts")
                 _write_json(out / "critic_metrics.json", critic_metrics)
+
+        if any((config.methods[run[0]].get("options") or {}).get("task_critic_model_name_or_path") == PRETRAINED
+               for run in runs) and not (out / "task-critic" / "config.json").exists():
+            started = clock.start("task critic")
+            _write_json(out / "task_critic_metrics.json", _pretrain_task_critic(config, policy, out, task_rewards[0]))
+            clock.finish("task critic", started)
 
         if not (out / "start.json").exists():
             started = clock.start("starting policy")

@@ -17,7 +17,12 @@ token-level length advantage *after* it (``lenvm_rl.trainer.grpo``).
 ``lenvm_value``           the v1 value-space LenVM advantage, gated
 ``ppo_none``              critic PPO (task critic GAE), no length term — the control of ``ppo_lenvm``
 ``ppo_lenvm``             critic PPO with the gated LenVM advantage
+``ppo_linear``            critic PPO with the linear penalty in the reward — the sequence-level control of
+                          ``ppo_lenvm`` on the same machinery
 ========================  ======================================================================================
+
+A PPO variant may start from a task critic pretrained on the starting policy's rollouts (as the LenVM critic is):
+the option ``task_critic_model_name_or_path: pretrained`` asks the study to fit one and use it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from ..rewards import KimiLengthReward, LinearLengthPenalty, SelfNormalizedLengt
 
 __all__ = ["MethodSpec", "RunPlan", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "plan_run", "check_method_options"]
 
-SEQUENCE_LEVEL = ("linear", "kimi", "budget", "gated_self_normalized")
+SEQUENCE_LEVEL = ("linear", "kimi", "budget", "gated_self_normalized", "ppo_linear")
 TOKEN_LEVEL = ("lenvm", "lenvm_ungated", "lenvm_seq", "lenvm_value", "ppo_lenvm")
 
 
@@ -58,6 +63,7 @@ METHODS: dict[str, MethodSpec] = {
     "lenvm_value": MethodSpec("LenVM value-space (v1), gated", uses_critic=True),
     "ppo_none": MethodSpec("critic PPO, no length term", trainer="ppo", uses_coef=False),
     "ppo_lenvm": MethodSpec("critic PPO + LenVM, gated", trainer="ppo", uses_critic=True),
+    "ppo_linear": MethodSpec("critic PPO + linear length penalty", trainer="ppo"),
 }
 
 
@@ -108,7 +114,7 @@ def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]
     trainer_class, config_class = _classes(spec.trainer)
     rewards: list[Callable[..., Any]] = [correctness, *others]
     overrides: dict[str, Any] = {"length_mode": "none"}
-    if method == "linear":
+    if method in ("linear", "ppo_linear"):
         rewards.append(LinearLengthPenalty(coef=coef, scale=max_completion_length))
     elif method == "kimi":
         rewards.append(KimiLengthReward(correctness, coef=coef))

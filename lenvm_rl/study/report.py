@@ -143,8 +143,14 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     baselines = [label for label in labels if table.method(label) in SEQUENCE_LEVEL]
     drops = list(config.accuracy_drops)
 
+    lenvm_variants = [label for label in labels if METHODS[table.method(label)].uses_critic]
+
     def statistic(means: dict[str, np.ndarray]) -> dict[str, float]:
         values = _comparisons(table, head, ablation, baselines, drops, means["correct"], means["tokens"])
+        for label in lenvm_variants:
+            for drop in drops:
+                values[f"ratio@-{drop:g}/{label}"] = (values[f"tokens@-{drop:g}/{label}"]
+                                                     / values[f"tokens@-{drop:g}/best_baseline"])
         values.update({f"accuracy/{i}": means["correct"][i] for i in range(len(table.configs))})
         values.update({f"tokens/{i}": means["tokens"][i] for i in range(len(table.configs))})
         return values
@@ -173,6 +179,7 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
               f"({config.bootstrap_samples} replicates). Every frontier includes the no-length-term point.", ""]
     lines += _targets_section(point, boot, head, ablation, drops)
     lines += _matched_sections(point, boot, head, ablation, baselines, drops)
+    lines += _variants_section(point, boot, lenvm_variants, drops)
     lines += _runs_section(table, accuracy, tokens, boot, start, prompt_table)
     lines += _normalization_section(table, point, baselines, drops)
     if critic:
@@ -282,6 +289,23 @@ def _matched_sections(point: dict[str, float], boot: dict[str, np.ndarray], head
             f"{_fmt(point.get(f'accuracy@{fraction:g}/{ablation}', math.nan))} | "
             f"{_fmt(point.get(f'ablation_accuracy_gain@{fraction:g}', math.nan))} "
             f"({_interval(boot.get(f'ablation_accuracy_gain@{fraction:g}'))}) |")
+    return lines + [""]
+
+
+def _variants_section(point: dict[str, float], boot: dict[str, np.ndarray], variants: list[str],
+                      drops: Sequence[float]) -> list[str]:
+    """Every LenVM variant's tokens at matched accuracy ÷ the best sequence-level variant's (per replicate)."""
+    if not variants or not drops:
+        return []
+    lines = ["## Every LenVM variant against the best sequence-level variant", "",
+             "Tokens at matched accuracy ÷ the best sequence-level variant's at the same accuracy (below 1: fewer "
+             "tokens; – where the variant's frontier does not reach the target).", "",
+             "| variant | " + " | ".join(f"−{100 * d:g} pt (95% CI)" for d in drops) + " |",
+             "|---|" + "---|" * len(drops)]
+    for label in variants:
+        cells = [f"{_fmt(point.get(f'ratio@-{d:g}/{label}', math.nan), 2)} "
+                 f"({_interval(boot.get(f'ratio@-{d:g}/{label}'), 2)})" for d in drops]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ from ..modeling import LengthValueConfig, LengthValueModel
 from ..signals import terminated_mask
 from .grpo import LenVMGRPOConfig, LenVMGRPOTrainer, _check_vocabulary
 
-__all__ = ["LenVMPPOConfig", "LenVMPPOTrainer", "TASK_CRITIC_DIR"]
+__all__ = ["LenVMPPOConfig", "LenVMPPOTrainer", "TASK_CRITIC_DIR", "pretrain_task_critic"]
 
 TASK_CRITIC_DIR = "task_critic"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -318,6 +319,57 @@ class LenVMPPOTrainer(LenVMGRPOTrainer, _TaskCriticAdvantages):
         if optimizer_file.exists():
             state = torch.load(optimizer_file, map_location=self.accelerator.device, weights_only=True)
             self.task_critic_optimizer.load_state_dict(state)
+
+
+def pretrain_task_critic(critic: LengthValueModel, rollouts: Sequence[dict[str, Any]], rewards: Sequence[float],
+                         pad_token_id: int, steps: int = 300, batch_size: int = 32, learning_rate: float = 1e-3,
+                         seed: int = 0) -> list[float]:
+    """Fit a task critic offline to the Monte-Carlo returns of rollouts, before critic PPO starts — as the LenVM
+    critic is fitted to the same policy's rollouts before RL.
+
+    The critic's head logit is its value (``read="logits"``, as :class:`LenVMPPOTrainer` reads it). For a terminated
+    rollout with task reward ``R`` the return from every state is ``R`` (``γ_task = 1``, the reward on the last
+    token), so every column ``t = 0 … L-1`` of the ``(B, T+1)`` value layout is regressed on ``R`` with the squared
+    error averaged over tokens. Truncated rollouts (no EOS) are left out: their return is unknown.
+
+    Args:
+        critic: a :class:`LengthValueModel`, e.g. ``LengthValueModel.from_backbone(policy)``; trained in place.
+        rollouts: rows with ``prompt_ids``, ``completion_ids`` and ``terminated`` (a ``lenvm-rl rollout`` split).
+        rewards: the task reward of each row.
+        pad_token_id: the tokenizer's pad id.
+        steps, batch_size, learning_rate, seed: AdamW steps over batches drawn with replacement.
+
+    Returns:
+        the loss of every step.
+    """
+    from ..data import pad_prompt_completion_batch
+
+    if len(rollouts) != len(rewards):
+        raise ValueError(f"{len(rollouts)} rollouts but {len(rewards)} rewards")
+    kept = [(row, float(r)) for row, r in zip(rollouts, rewards, strict=True) if row["terminated"]]
+    if not kept:
+        raise ValueError("no terminated rollout to fit the task critic on")
+    device = next(critic.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=learning_rate)
+    critic.train()
+    losses = []
+    for _ in range(steps):
+        picks = torch.randint(len(kept), (min(batch_size, len(kept)),), generator=generator).tolist()
+        rows = [kept[i][0] for i in picks]
+        targets = torch.tensor([kept[i][1] for i in picks], device=device)
+        prompt_ids, prompt_mask, completion_ids, completion_mask = (
+            t.to(device) for t in pad_prompt_completion_batch(rows, pad_token_id))
+        values = critic.values_for_completions(prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                               read="logits").float()[:, :-1]
+        mask = completion_mask.float()
+        loss = (((values - targets[:, None]) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    critic.eval()
+    return losses
 
 
 def _load_task_critic(source: LengthValueModel | str | None, policy: Any, args: LenVMPPOConfig,
