@@ -57,7 +57,39 @@ class LinearLengthPenalty:
         return [-self.coef * length / self.scale for length in _lengths(completion_ids)]
 
 
-class KimiLengthReward:
+class _GroupLengthReward:
+    """A correctness-aware length reward computed within each group of completions of one prompt: the completions
+    of equal prompts within one call (under several processes TRL may split a group, and the local part is used).
+    ``correctness`` is a reward function returning 1 for correct and 0 for wrong, called with the same arguments;
+    ``threshold`` is the reward that counts as correct."""
+
+    def __init__(self, correctness: RewardFunction, coef: float, threshold: float = 0.5):
+        if not callable(correctness):
+            raise ValueError("correctness must be a reward function returning 1 (correct) or 0 (wrong)")
+        if not math.isfinite(coef) or coef < 0:
+            raise ValueError(f"coef must be a finite number ≥ 0, got {coef!r}")
+        self.correctness, self.coef, self.threshold = correctness, float(coef), float(threshold)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+                 **kwargs: Any) -> list[float]:
+        correct = self.correctness(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        passed = [c is not None and c >= self.threshold for c in correct]
+        lengths = _lengths(completion_ids)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, prompt in enumerate(prompts):
+            groups[repr(prompt)].append(index)
+        rewards = [0.0] * len(lengths)
+        for members in groups.values():
+            for index, reward in self._group_rewards([lengths[i] for i in members],
+                                                     [passed[i] for i in members]).items():
+                rewards[members[index]] = reward
+        return rewards
+
+    def _group_rewards(self, lengths: list[int], passed: list[bool]) -> dict[int, float]:
+        raise NotImplementedError
+
+
+class KimiLengthReward(_GroupLengthReward):
     """The group-relative length reward of Kimi k1.5: within the completions of one prompt,
     ``λ = 0.5 - (L - L_min) / (L_max - L_min)``; a correct completion earns ``coef · λ``, a wrong one
     ``coef · min(0, λ)`` (so being short never pays a wrong answer). All equal lengths give 0.
@@ -70,26 +102,14 @@ class KimiLengthReward:
     __name__ = "kimi_length_reward"
 
     def __init__(self, correctness: RewardFunction, coef: float = 1.0, threshold: float = 0.5):
-        if not callable(correctness):
-            raise ValueError("correctness must be a reward function returning 1 (correct) or 0 (wrong)")
-        if not math.isfinite(coef) or coef < 0:
-            raise ValueError(f"coef must be a finite number ≥ 0, got {coef!r}")
-        self.correctness, self.coef, self.threshold = correctness, float(coef), float(threshold)
+        super().__init__(correctness, coef, threshold)
 
-    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
-                 **kwargs: Any) -> list[float]:
-        correct = self.correctness(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
-        lengths = _lengths(completion_ids)
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, prompt in enumerate(prompts):
-            groups[repr(prompt)].append(index)
-        rewards = [0.0] * len(lengths)
-        for members in groups.values():
-            shortest, longest = min(lengths[i] for i in members), max(lengths[i] for i in members)
-            for i in members:
-                lam = 0.0 if longest == shortest else 0.5 - (lengths[i] - shortest) / (longest - shortest)
-                is_correct = correct[i] is not None and correct[i] >= self.threshold
-                rewards[i] = self.coef * (lam if is_correct else min(0.0, lam))
+    def _group_rewards(self, lengths: list[int], passed: list[bool]) -> dict[int, float]:
+        shortest, longest = min(lengths), max(lengths)
+        rewards = {}
+        for index, (length, ok) in enumerate(zip(lengths, passed, strict=True)):
+            lam = 0.0 if longest == shortest else 0.5 - (length - shortest) / (longest - shortest)
+            rewards[index] = self.coef * (lam if ok else min(0.0, lam))
         return rewards
 
 
@@ -144,7 +164,7 @@ class TokenBudgetReward:
                 zip(task, _lengths(completion_ids), strict=True)]
 
 
-class SelfNormalizedLengthPenalty:
+class SelfNormalizedLengthPenalty(_GroupLengthReward):
     """The correctness-gated, per-prompt self-normalized length penalty of Arora & Zanette (2025, "Training language
     models to reason efficiently"): a correct completion of length ``L`` earns
 
@@ -163,32 +183,16 @@ class SelfNormalizedLengthPenalty:
     __name__ = "self_normalized_length_penalty"
 
     def __init__(self, correctness: RewardFunction, coef: float = 0.2, threshold: float = 0.5):
-        if not callable(correctness):
-            raise ValueError("correctness must be a reward function returning 1 (correct) or 0 (wrong)")
-        if not math.isfinite(coef) or coef < 0:
-            raise ValueError(f"coef must be a finite number ≥ 0, got {coef!r}")
-        self.correctness, self.coef, self.threshold = correctness, float(coef), float(threshold)
+        super().__init__(correctness, coef, threshold)
 
-    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
-                 **kwargs: Any) -> list[float]:
-        correct = self.correctness(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
-        passed = [c is not None and c >= self.threshold for c in correct]
-        lengths = _lengths(completion_ids)
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, prompt in enumerate(prompts):
-            groups[repr(prompt)].append(index)
-        rewards = [0.0] * len(lengths)
-        for members in groups.values():
-            good = [lengths[i] for i in members if passed[i]]
-            if not good:
-                continue
-            mean = sum(good) / len(good)
-            std = math.sqrt(sum((x - mean) ** 2 for x in good) / len(good))
-            for i in members:
-                if passed[i]:
-                    z = (lengths[i] - mean) / std if std > 0 else 0.0
-                    rewards[i] = -self.coef / (1.0 + math.exp(-z))
-        return rewards
+    def _group_rewards(self, lengths: list[int], passed: list[bool]) -> dict[int, float]:
+        good = [length for length, ok in zip(lengths, passed, strict=True) if ok]
+        if not good:
+            return {}
+        mean = sum(good) / len(good)
+        std = math.sqrt(sum((x - mean) ** 2 for x in good) / len(good))
+        return {index: -self.coef / (1.0 + math.exp(-((length - mean) / std if std > 0 else 0.0)))
+                for index, (length, ok) in enumerate(zip(lengths, passed, strict=True)) if ok}
 
 
 def resolve_reward_function(name: str) -> RewardFunction:

@@ -49,3 +49,24 @@ def test_names_for_trl_logging():
 
     assert get_callable_name(LinearLengthPenalty()) == "linear_length_penalty"
     assert get_callable_name(KimiLengthReward(correct_if_says_yes)) == "kimi_length_reward"
+
+
+def test_self_normalized_length_penalty_by_hand():
+    """Arora & Zanette: among a prompt's correct completions (lengths 3 and 9: mean 6, std 3) the z-scores are ∓1;
+    the wrong one earns 0 however short; a prompt with one correct completion has no length preference (z = 0)."""
+    import math
+
+    from lenvm_rl.rewards import SelfNormalizedLengthPenalty
+
+    def correct(completions, **kwargs):
+        return [1.0, 1.0, 0.0, 1.0]
+
+    penalty = SelfNormalizedLengthPenalty(correct, coef=0.4)
+    rewards = penalty(prompts=["a", "a", "a", "b"], completions=["x"] * 4, completion_ids=[[1] * 3, [1] * 9, [1],
+                                                                                          [1] * 5])
+    sigmoid = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    assert rewards == pytest.approx([-0.4 * sigmoid(-1), -0.4 * sigmoid(1), 0.0, -0.4 * sigmoid(0)])
+    with pytest.raises(ValueError, match="coef"):
+        SelfNormalizedLengthPenalty(correct, coef=-1)
+    with pytest.raises(ValueError, match="correctness"):
+        SelfNormalizedLengthPenalty("not a function")
