@@ -70,7 +70,7 @@ _export(
     "prepare_critic_dataset", "resolve_gamma",
 )
 _export("trainer.grpo", "LenVMGRPOConfig", "LenVMGRPOTrainer")
-_export("trainer.ppo", "LenVMPPOConfig", "LenVMPPOTrainer")
+_export("trainer.ppo", "LenVMPPOConfig", "LenVMPPOTrainer", "pretrain_task_critic")
 _export("decoding.guided", "LengthGuidedLogitsProcessor", "LengthTarget", "generated_lengths", "guided_generate")
 _export(
     "decoding.scoring",
@@ -204,4 +204,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         resolve_gamma,
     )
     from .trainer.grpo import LenVMGRPOConfig, LenVMGRPOTrainer
-    from .trainer.ppo import LenVMPPOConfig, LenVMPPOTrainer
+    from .trainer.ppo import LenVMPPOConfig, LenVMPPOTrainer, pretrain_task_critic

@@ -25,7 +25,7 @@ import json
 import os
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ __all__ = [
     "make_instructions",
     "make_arithmetic_problems",
     "make_length_control_prompts",
+    "ARITHMETIC_KINDS",
+    "GRPO_ARITHMETIC_KINDS",
     "write_instruction_files",
     "INSTRUCTION_FILES",
 ]
@@ -106,11 +108,15 @@ _NAMES = ("Tom", "Sara", "Ali", "Mia", "Ben", "Lena", "Omar", "Ana", "Sam", "Emm
 _ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "shells", "cards", "balloons")
 
 
-def _arithmetic_problem(rng: random.Random) -> tuple[str, int]:
-    """One word problem and its whole-number answer (one or two steps, small numbers)."""
+ARITHMETIC_KINDS = ("add", "subtract", "multiply", "divide", "two_step", "price")
+
+
+def _arithmetic_problem(rng: random.Random, kinds: Sequence[str] | None = None) -> tuple[str, int]:
+    """One word problem and its whole-number answer (one or two steps, small numbers), of one of ``kinds``
+    (:data:`ARITHMETIC_KINDS`; all of them when ``None``)."""
     name, other = rng.sample(_NAMES, 2)
     item = rng.choice(_ITEMS)
-    kind = rng.randrange(6)
+    kind = rng.randrange(6) if kinds is None else ARITHMETIC_KINDS.index(rng.choice(list(kinds)))
     if kind == 0:
         a, b = rng.randint(2, 30), rng.randint(2, 30)
         return f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", a + b
@@ -182,15 +188,19 @@ def make_instructions(per_category: int | dict[str, int] = 64, seed: int = 0) ->
     return rows
 
 
-def make_arithmetic_problems(count: int, seed: int = 0, exclude: set[str] | None = None) -> list[tuple[str, str]]:
+def make_arithmetic_problems(count: int, seed: int = 0, exclude: set[str] | None = None,
+                             kinds: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """``count`` distinct arithmetic word problems ``(prompt, answer)`` (answer a whole number as a string), none of
-    them in ``exclude``. Deterministic in ``seed``."""
+    them in ``exclude``, of the given ``kinds`` (:data:`ARITHMETIC_KINDS`, default all). Deterministic in ``seed``."""
+    unknown = sorted(set(kinds or ()) - set(ARITHMETIC_KINDS))
+    if unknown or (kinds is not None and not kinds):
+        raise ValueError(f"kinds must be a non-empty subset of {ARITHMETIC_KINDS}, got {kinds}")
     rng = random.Random(seed)
     exclude = exclude or set()
     problems: dict[str, str] = {}
     attempts = 0
     while len(problems) < count and attempts < 100 * max(count, 1):
-        prompt, answer = _arithmetic_problem(rng)
+        prompt, answer = _arithmetic_problem(rng, kinds)
         if prompt not in exclude:
             problems.setdefault(prompt, str(answer))
         attempts += 1
@@ -210,11 +220,17 @@ def make_length_control_prompts() -> list[str]:
     )]
 
 
+# The GRPO recipes train on one kind of problem: "N boxes with M items in each box" is the kind SmolLM2-135M-Instruct
+# solves most often (about 39% of its sampled answers in the instruction-set rollouts, against 0-13% for the others),
+# so most groups of 4 completions hold both right and wrong answers, and often several right ones to compare by length.
+GRPO_ARITHMETIC_KINDS = ("multiply",)
+
 # file name → what it holds; written by write_instruction_files
 INSTRUCTION_FILES = {
     "instructions.jsonl": "the instruction set (64 per category, 384 prompts) for rollouts and critic training",
-    "arithmetic_train.jsonl": "256 arithmetic word problems for GRPO (none in the instruction set), as chat messages",
-    "arithmetic_eval.jsonl": "128 held-out arithmetic word problems (in neither file above), as chat messages",
+    "arithmetic_train.jsonl": "256 one-step multiplication word problems for GRPO (none in the instruction set), "
+                              "as chat messages",
+    "arithmetic_eval.jsonl": "128 held-out multiplication word problems (in neither file above), as chat messages",
     "length_control.jsonl": "16 open-ended prompts for eval-length-control",
 }
 
@@ -233,9 +249,9 @@ def write_instruction_files(directory: str | os.PathLike, seed: int = 0) -> dict
     directory = Path(directory)
     instructions = make_instructions(64, seed=seed)
     used = {row["prompt"] for row in instructions}
-    train = make_arithmetic_problems(256, seed=seed + 1, exclude=used)
+    train = make_arithmetic_problems(256, seed=seed + 1, exclude=used, kinds=GRPO_ARITHMETIC_KINDS)
     used |= {prompt for prompt, _ in train}
-    held_out = make_arithmetic_problems(128, seed=seed + 2, exclude=used)
+    held_out = make_arithmetic_problems(128, seed=seed + 2, exclude=used, kinds=GRPO_ARITHMETIC_KINDS)
     contents = {
         "instructions.jsonl": instructions,
         "arithmetic_train.jsonl": [{"prompt": _user(p), "answer": a} for p, a in train],

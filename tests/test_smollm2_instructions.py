@@ -45,6 +45,8 @@ def test_categories_counts_and_grouping():
     assert {int(re.search(r"\d+", p).group()) for p in lists} >= {2, 5, 10}
     with pytest.raises(ValueError, match="unknown categories"):
         make_instructions({"poems": 3})
+    with pytest.raises(ValueError, match="kinds must be a non-empty subset"):
+        make_arithmetic_problems(3, kinds=("exponentiate",))
 
 
 def _solve(prompt: str) -> int:
@@ -75,6 +77,7 @@ def test_arithmetic_answers_are_right_and_the_sets_disjoint():
     for row in train + held_out:
         (message,) = row["prompt"]
         assert message["role"] == "user"
+        assert "boxes with" in message["content"]  # GRPO_ARITHMETIC_KINDS: one-step multiplication only
         assert int(row["answer"]) == _solve(message["content"]) >= 0
     for row in instructions:
         if row["category"] == "arithmetic":
