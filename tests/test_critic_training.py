@@ -89,6 +89,19 @@ def test_train_critic_with_auto_gamma_and_eval_metrics(tiny_model_dir, tiny_toke
         assert metric in logged, metric
 
 
+def test_the_same_seed_trains_the_same_critic(tiny_model_dir, tiny_tokenizer, synthetic_rollouts, tmp_path):
+    synthetic_rollouts(tmp_path / "rollouts", tiny_tokenizer, num_prompts=8, samples=2)
+    heads = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train_critic(CriticScriptArguments(rollouts=str(tmp_path / "rollouts")),
+                     quick_config(tmp_path / name, max_steps=1, seed=seed),
+                     ModelConfig(model_name_or_path=str(tiny_model_dir)))
+        critic = LengthValueModel.from_pretrained(tmp_path / name)
+        heads.append(torch.cat([p.detach().flatten() for p in critic.head.parameters()]))
+    assert torch.equal(heads[0], heads[1])
+    assert not torch.equal(heads[0], heads[2])
+
+
 def test_quality_beats_constant_baseline_threefold(tiny_model_dir, tiny_tokenizer, synthetic_rollouts, tmp_path):
     """Completion length is a known function of the prompt; a few hundred CPU steps must cut the prompt-boundary
     MRE on held-out prompts to at most a third of the constant baseline's."""

@@ -87,7 +87,7 @@ def _training_record(script_args: CriticScriptArguments, info: dict[str, Any], g
 def train_critic(script_args: CriticScriptArguments, config: LenVMConfig, model_args: Any) -> LenVMTrainer:
     """The ``train-critic`` job: load rollouts, resolve γ, build or load the critic (optionally LoRA), train with
     :class:`LenVMTrainer`, evaluate, and save a full critic (LoRA merged) plus its tokenizer to ``output_dir``."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, set_seed
 
     if not model_args.model_name_or_path:
         raise ValueError("train-critic needs --model_name_or_path (a decoder backbone or a saved LenVM critic)")
@@ -139,6 +139,9 @@ def train_critic(script_args: CriticScriptArguments, config: LenVMConfig, model_
             )
     write_text_atomically(record_path, json.dumps(record, indent=2))
 
+    # the Trainer seeds itself only after the critic exists; the freshly initialized head must be seeded too, or
+    # two runs with the same --seed start from different critics
+    set_seed(config.seed)
     critic = _load_critic(model_args, config, gamma)
     model = add_lora(critic, _lora_config(model_args)) if model_args.use_peft else critic
     if config.trainable_top_layers is not None:
