@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..io import write_text_atomically
+from ..tasks import TRACE_PAYS_FROM
 from .methods import METHODS, SEQUENCE_LEVEL
 from .stats import accuracy_at_tokens, paired_bootstrap, pareto_frontier, percentile_interval, tokens_at_accuracy
 
@@ -358,9 +359,9 @@ def _runs_section(table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray, b
                          str(table.count[(label, coef)]), metrics, _interval(boot.get(f"accuracy/{index}")),
                          _interval(boot.get(f"tokens/{index}"), 1)))
     if prompt_table.get("ideal_tokens"):
-        lines += ["", "The ideal row is computed, not trained: the policy that writes the trace only from three terms "
-                  "on (where a small model needs it), never the check, and is always right (`lenvm_rl.tasks."
-                  "ideal_completion`)."]
+        lines += ["", "The ideal row is computed, not trained: the policy that writes the reduction trace only from "
+                  f"{TRACE_PAYS_FROM} bits on (where a small model needs it), never the check, and is always right "
+                  "(`lenvm_rl.tasks.ideal_completion`). Columns d=k: mean tokens on k-bit strings."]
     return lines + [""]
 
 
@@ -384,7 +385,7 @@ def _forced_section(start: dict[str, Any], difficulty: list[Any]) -> list[str]:
     forced = start["forced"]
     levels = sorted(set(difficulty))
     lines = ["## Where the trace pays (starting policy, first decision forced)", "",
-             "| terms | accuracy, answer at once | accuracy, trace | tokens, at once | tokens, trace |",
+             "| bits | accuracy, answer at once | accuracy, trace | tokens, at once | tokens, trace |",
              "|---|---|---|---|---|"]
     for level in levels:
         index = [i for i, d in enumerate(difficulty) if d == level]
