@@ -118,8 +118,10 @@ class LenVMGRPOConfig(GRPOConfig):
                           "all-gathers per forward; for critics no larger than the policy). Ignored otherwise."},
     )
     length_coef: float = field(
-        default=1.0, metadata={"help": "s (> 0 prefers shorter). With relative units, 1 = one batch std of length "
-                                       "outcome earns what one std of task reward earns."}
+        default=0.125, metadata={"help": "s (> 0 prefers shorter). With relative units, 1 = one batch std of length "
+                                         "outcome earns what one std of task reward earns. The default is the knee "
+                                         "of the study's LenVM frontier (docs/study): about 2 points of accuracy for "
+                                         "a fifth fewer tokens there; 4x it collapsed to terse answers."}
     )
     length_coef_schedule: str = field(
         default="constant", metadata={"help": "'constant' or 'linear_warmup' (0 → length_coef over the warm-up)."}
