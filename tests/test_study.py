@@ -155,3 +155,17 @@ def test_a_ppo_variant_can_start_from_a_task_critic_pretrained_on_the_rollouts(t
     assert metrics["last_loss"] < metrics["first_loss"]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {row["variant"] for row in rows} == {"none", "ppo_lenvm/pretrained"}
+
+
+@pytest.mark.parametrize("recipe", ["recipes/study/full.yaml", "recipes/study/sweep.yaml"])
+def test_shipped_study_recipes_are_valid(recipe):
+    from pathlib import Path
+
+    from trl import TrlParser
+
+    from lenvm_rl.study.methods import METHODS
+
+    path = Path(__file__).resolve().parents[1] / recipe
+    (config,) = TrlParser((study_job.StudyConfig,)).parse_args_and_config(["--config", str(path)])
+    assert {variant["method"] for variant in config.methods.values()} <= set(METHODS)
+    assert "none" in config.methods and len(config.seeds) >= (3 if "full" in recipe else 1)
