@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data import resolve_device
 from .study import StudyConfig
 from .study import main as study_main
 
@@ -65,5 +64,4 @@ def main(args: DemoArguments) -> None:
         import matplotlib  # noqa: F401
     except ImportError as error:
         raise ValueError("the demo writes PNG plots and needs matplotlib: pip install 'lenvm_rl[plots]'") from error
-    resolve_device(args.device)  # a bad device fails before the warm-up
     study_main(demo_config(args))

@@ -375,24 +375,19 @@ def _pretrain_task_critic(config: StudyConfig, policy: Path, out: Path,
     prompts = [json.loads(line) for line in (out / "data" / "critic_prompts.jsonl").read_text().splitlines()]
     tokenizer = AutoTokenizer.from_pretrained(policy)
     splits, _ = load_rollouts(out / "rollouts")
-    metrics: dict[str, float] = {}
-    scored = {}
-    for name, split in splits.items():
-        rows = split.to_list()
-        texts = [tokenizer.decode(row["completion_ids"], skip_special_tokens=True) for row in rows]
-        columns = {key: [prompts[row["prompt_index"]][key] for row in rows]
-                   for key in prompts[0] if key != config.prompt_column}
-        rewards = correctness(prompts=[prompts[row["prompt_index"]][config.prompt_column] for row in rows],
-                              completions=texts, completion_ids=[row["completion_ids"] for row in rows], **columns)
-        scored[name] = (rows, [float(r or 0.0) for r in rewards])
+    rows = splits["train"].to_list()
+    texts = [tokenizer.decode(row["completion_ids"], skip_special_tokens=True) for row in rows]
+    columns = {key: [prompts[row["prompt_index"]][key] for row in rows]
+               for key in prompts[0] if key != config.prompt_column}
+    rewards = correctness(prompts=[prompts[row["prompt_index"]][config.prompt_column] for row in rows],
+                          completions=texts, completion_ids=[row["completion_ids"] for row in rows], **columns)
+    rewards = [float(r or 0.0) for r in rewards]
     critic = LengthValueModel.from_backbone(str(policy))
-    losses = pretrain_task_critic(critic, *scored["train"], tokenizer.pad_token_id, steps=config.task_critic_steps,
+    losses = pretrain_task_critic(critic, rows, rewards, tokenizer.pad_token_id, steps=config.task_critic_steps,
                                   learning_rate=config.task_critic_learning_rate, seed=config.data_seed)
-    metrics.update({"first_loss": losses[0], "last_loss": float(np.mean(losses[-20:])),
-                    "mean_reward": float(np.mean(scored["train"][1]))})
     critic.save_pretrained(out / "task-critic")
     tokenizer.save_pretrained(out / "task-critic")
-    return metrics
+    return {"first_loss": losses[0], "last_loss": float(np.mean(losses[-20:])), "mean_reward": float(np.mean(rewards))}
 
 
 def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
@@ -492,9 +487,9 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     _check_settings(config, out)
     task_rewards = resolve_reward_functions(config.reward_funcs)
     _write_json(out / CONFIG_FILE, {"config": asdict(config), "fingerprint": config.fingerprint()})
-    train_rows, eval_rows = _load_splits(config)
     if config.report_only:
         return write_report(config, out, load_results(out), stage_seconds={})
+    train_rows, eval_rows = _load_splits(config)
     torch.set_num_threads(config.threads)
     for noisy in ("transformers", "trl", "datasets", "accelerate", "lenvm_rl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -516,9 +511,10 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
         done.add("critic")
     if (out / "start.json").exists():
         done.add("starting policy")
-    if (out / "task-critic" / "config.json").exists() or not any(
-            (config.methods[run[0]].get("options") or {}).get("task_critic_model_name_or_path") == PRETRAINED
-            for run in runs):
+    needs_task_critic = not (out / "task-critic" / "config.json").exists() and any(
+        (config.methods[run[0]].get("options") or {}).get("task_critic_model_name_or_path") == PRETRAINED
+        for run in runs)
+    if not needs_task_critic:
         done.add("task critic")
     clock = StageClock(stages, done)
     try:
@@ -544,18 +540,19 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                     critic_metrics["decisions"] = _critic_at_decisions(critic, out / "rollouts")
                 _write_json(out / "critic_metrics.json", critic_metrics)
 
-        if any((config.methods[run[0]].get("options") or {}).get("task_critic_model_name_or_path") == PRETRAINED
-               for run in runs) and not (out / "task-critic" / "config.json").exists():
+        if needs_task_critic:
             started = clock.start("task critic")
             _write_json(out / "task_critic_metrics.json", _pretrain_task_critic(config, policy, out, task_rewards[0]))
             clock.finish("task critic", started)
 
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(policy)
         if not (out / "start.json").exists():
             started = clock.start("starting policy")
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
 
             model = AutoModelForCausalLM.from_pretrained(policy).to(config.device)
-            tokenizer = AutoTokenizer.from_pretrained(policy)
             start = _evaluate(config, model, tokenizer, eval_rows, task_rewards[0], config.data_seed)
             if config.dataset == BUILTIN:
                 start["forced"] = _forced_decisions(config, model, tokenizer, eval_rows, task_rewards[0])
@@ -563,9 +560,6 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             clock.finish("starting policy", started)
             del model
         if not (out / "eval_prompts.json").exists():
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(policy)
             _write_json(out / "eval_prompts.json", _prompt_table(config, eval_rows, tokenizer))
 
         for run in runs:

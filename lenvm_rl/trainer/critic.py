@@ -202,7 +202,7 @@ def freeze_lower_layers(critic: Any, trainable_top_layers: int) -> dict[str, int
 
     Returns ``{"trainable": n, "frozen": m}`` parameter counts. ``k`` larger than the number of layers is an error.
     """
-    critic = critic if hasattr(critic, "backbone") else critic.get_base_model()
+    critic = unwrap_critic(critic)
     layers = _decoder_layers(critic.backbone)
     if not 0 <= trainable_top_layers <= len(layers):
         raise ValueError(f"trainable_top_layers must lie in [0, {len(layers)}] for this backbone, "

@@ -61,7 +61,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from ..data import check_local_path
+from ..data import check_local_path, pad_prompt_completion_batch
 from ..length_math import potential_shaping, task_gae
 from ..modeling import LengthValueConfig, LengthValueModel
 from ..signals import terminated_mask
@@ -342,8 +342,6 @@ def pretrain_task_critic(critic: LengthValueModel, rollouts: Sequence[dict[str, 
     Returns:
         the loss of every step.
     """
-    from ..data import pad_prompt_completion_batch
-
     if len(rollouts) != len(rewards):
         raise ValueError(f"{len(rollouts)} rollouts but {len(rewards)} rewards")
     kept = [(row, float(r)) for row, r in zip(rollouts, rewards, strict=True) if row["terminated"]]
