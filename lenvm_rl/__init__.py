@@ -38,7 +38,8 @@ _export(
     "check_completion_mask", "check_gamma", "choose_gamma", "completion_lengths", "discounted_cumsum",
     "length_advantages", "length_outcome_statistics", "length_returns", "length_td_residuals", "length_to_value",
     "masked_mean", "masked_var",
-    "masked_whiten", "normalize_length_credits", "potential_shaping", "relative_length_advantages",
+    "masked_whiten", "normalize_length_credits", "place_length_advantages", "potential_shaping",
+    "relative_length_advantages",
     "relative_length_credits", "task_gae", "value_targets", "value_to_length",
 )
 _export(
@@ -148,6 +149,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         masked_var,
         masked_whiten,
         normalize_length_credits,
+        place_length_advantages,
         potential_shaping,
         relative_length_advantages,
         relative_length_credits,

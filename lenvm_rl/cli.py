@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval-length-control": ("eval_length_control", "Guided vs plain generation under length constraints "
                                                    "(LIFEBench score)."),
     "study": ("study", "Compare length methods fairly: frontiers, seeds, bootstrap intervals, report and plots."),
+    "preregister": ("preregister", "Pick a confirmatory study's headline pair from a finished sweep by a fixed rule."),
     "demo": ("demo", "The concise-reasoning demo: a small fixed instance of the length-method study."),
     "import-gguf": ("import_gguf", "Convert a GGUF checkpoint (or a packaged one) into a transformers directory."),
 }

@@ -31,6 +31,7 @@ __all__ = [
     "length_returns",
     "value_targets",
     "discounted_cumsum",
+    "place_length_advantages",
     "length_td_residuals",
     "length_advantages",
     "task_gae",
@@ -382,7 +383,9 @@ def length_outcome_statistics(
     Rows come in groups of ``group_size`` consecutive rows (the completions of one prompt). Returns ``(baseline,
     sigma, worst)``, each ``(N,)``: ``baseline`` the mean of ``S`` over the passing rows of the row's group (0 when none
     passes); ``sigma`` the standard deviation of ``S - baseline`` over the passing rows of the whole batch
-    (``scale="batch"``) or of the group (``"group"``), but at least ``min_scale``, or 1 (``"none"``); ``worst`` the
+    (``scale="batch"``: ``Σ (S - μ_g)² / Σ_g max(n_g - 1, 0)``, one degree of freedom spent per group mean, so that
+    it is unbiased for the within-group variance) or of the group (``"group"``: ``/ (n_g - 1)``), but at least
+    ``min_scale``, or 1 (``"none"``); ``worst`` the
     lowest passing ``S`` of the group (0 when none passes). The floor matters because per-token credits, unlike their
     group-centered sum, do not vanish when every passing completion has the same outcome: dividing them by a near-zero
     σ (one passing completion, or all of one length) would blow them up; with ``S`` a fraction of the expected length,
@@ -409,7 +412,9 @@ def length_outcome_statistics(
     if scale == "none":
         sigma = torch.ones_like(grouped)
     elif scale == "batch":
-        variance = (centered.pow(2) * weight).sum() / (weight.sum() - 1.0).clamp(min=1.0)
+        # centering on each group's mean spends one degree of freedom per group that has a passing row
+        dof = (count - 1.0).clamp(min=0.0).sum()
+        variance = (centered.pow(2) * weight).sum() / dof.clamp(min=1.0)
         sigma = variance.sqrt().expand_as(grouped)
     else:
         variance = (centered.pow(2) * weight).sum(dim=1, keepdim=True) / (count - 1.0).clamp(min=1.0)
@@ -521,6 +526,31 @@ def relative_length_advantages(
     credits = relative_length_credits(values, completion_mask, gamma, terminated)
     normalized = normalize_length_credits(credits, completion_mask, group_size, passed, scale, placement, failed,
                                           min_scale)
+    return place_length_advantages(normalized, completion_mask, lam, placement)
+
+
+def place_length_advantages(
+    normalized: Tensor, completion_mask: Tensor, lam: float, placement: str = "token"
+) -> Tensor:
+    """Turn normalized per-token length credits ``c'`` (:func:`normalize_length_credits`) into advantages::
+
+        A_t = Σ_k λ^k c'_{t+k}          ("token": GAE, discount 1, over the credits the critic placed)
+        A_t = Σ_k c'_k                   ("sequence", every λ: the completion's whole normalized outcome on each
+                                          of its tokens, exactly as GRPO broadcasts its task advantage)
+
+    The sequence placement is the ablation of token-level credit: running GAE over evenly spread credit would give
+    token ``t`` only ``(L - t) / L`` of the outcome at λ = 1 (less at λ < 1), starving late decisions, which GRPO's own
+    sequence-level advantage never does.
+
+    Shapes: ``normalized``/``completion_mask`` ``(N, T)`` → ``(N, T)``, exactly 0 where the mask is 0.
+    """
+    if not 0.0 <= float(lam) <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1], got {lam!r}")
+    if placement == "sequence":
+        mask = completion_mask.to(normalized.dtype)
+        return (normalized * mask).sum(dim=1, keepdim=True) * mask
+    if placement != "token":
+        raise ValueError(f"placement must be 'token' or 'sequence', got {placement!r}")
     return discounted_cumsum(normalized, completion_mask, float(lam))
 
 

@@ -169,19 +169,21 @@ def test_failed_rows_get_the_least_favourable_outcome_with_worst():
     assert torch.allclose(normalized[2, 0], normalized[2, 1])  # spread evenly: failed rows earn no placement
 
 
-def test_sequence_placement_spreads_the_same_total_evenly():
+def test_sequence_placement_broadcasts_the_outcome_where_token_placement_localizes_it():
     gamma = 0.95
     values = oracle_values([[20.0, 19.0, 5.0, 4.0, 3.0, 2.0, 1.0], [20.0, 19.0, 18.0, 17.0, 16.0, 15.0, 14.0]],
                            7, gamma)
     values[1, 7] = length_to_value(torch.tensor(13.0), gamma)
     mask = mask_of([7, 7], 7)
     terminated = torch.tensor([True, False])
-    token = relative_length_advantages(values, mask, gamma, 2, lam=0.0, terminated=terminated, placement="token")
+    token = relative_length_advantages(values, mask, gamma, 2, lam=1.0, terminated=terminated, placement="token")
     sequence = relative_length_advantages(values, mask, gamma, 2, lam=0.0, terminated=terminated,
                                           placement="sequence")
-    assert torch.allclose(token.sum(dim=1), sequence.sum(dim=1))
+    # λ = 1: the first token's advantage is the whole outcome, which the sequence placement gives every token
+    assert torch.allclose(token[:, 0], sequence[:, 0])
     assert torch.allclose(sequence[0], sequence[0, :1].expand(7))
-    assert float(token[0, 1]) > 10 * abs(float(token[0, 3]))  # the deciding token carries the credit
+    lam0 = relative_length_advantages(values, mask, gamma, 2, lam=0.0, terminated=terminated, placement="token")
+    assert float(lam0[0, 1]) > 10 * abs(float(lam0[0, 3]))  # the deciding token carries the credit
 
 
 @pytest.mark.parametrize("kwargs, message", [

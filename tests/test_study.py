@@ -15,6 +15,7 @@ TINY = {
     "critic_rollout_prompts": 16, "critic_rollout_samples": 2, "critic_steps": 4, "train_prompts": 32,
     "rl_steps": 2, "rl_prompts_per_step": 2, "rl_generations": 2, "eval_prompts": 8, "eval_samples": 2,
     "max_completion_length": 24, "bootstrap_samples": 20, "threads": 1, "smoke": True,
+    "normalizations": ["batch"], "headline_method": "lenvm/batch",
     "methods": {"none": {"method": "none"},
                 "linear/batch": {"method": "linear", "grid": [0.2], "options": {"scale_rewards": "batch"}},
                 "lenvm": {"method": "lenvm", "grid": [1.0]}},
@@ -53,7 +54,7 @@ def test_tiny_study_end_to_end(finished):
         assert section in report, section
     rows = [json.loads(line) for line in (finished / "results.jsonl").read_text().splitlines()]
     assert {(r["variant"], r["coef"], r["seed"]) for r in rows} == {("none", 0.0, 0), ("linear/batch", 0.2, 0),
-                                                                    ("lenvm", 1.0, 0)}
+                                                                    ("lenvm/batch", 1.0, 0)}
     for row in rows:
         assert 0.0 <= row["accuracy"] <= 1.0 and 1 <= row["mean_tokens"] <= 24
         assert set(row["by_difficulty"]) <= {str(bits) for bits in range(2, 9)} and len(row["by_difficulty"]) >= 3
@@ -81,7 +82,7 @@ def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_p
     calls.clear()
     monkeypatch.setattr(study_job, "_rl_run", lambda *a, **k: calls.append(a[1]) or real_run(*a, **k))
     assert main(["study", "--config", str(recipe)]) == 0
-    assert calls == ["linear/batch", "lenvm"]  # the finished 'none' run was not redone
+    assert calls == ["linear/batch", "lenvm/batch"]  # the finished 'none' run was not redone
     assert numbers(tmp_path / "out") == numbers(finished)
 
 
@@ -157,7 +158,7 @@ def test_a_ppo_variant_can_start_from_a_task_critic_pretrained_on_the_rollouts(t
     assert {row["variant"] for row in rows} == {"none", "ppo_lenvm/pretrained"}
 
 
-@pytest.mark.parametrize("recipe", ["recipes/study/full.yaml", "recipes/study/sweep.yaml"])
+@pytest.mark.parametrize("recipe", ["recipes/study/confirmatory.yaml", "recipes/study/sweep.yaml"])
 def test_shipped_study_recipes_are_valid(recipe):
     from pathlib import Path
 
@@ -168,4 +169,33 @@ def test_shipped_study_recipes_are_valid(recipe):
     path = Path(__file__).resolve().parents[1] / recipe
     (config,) = TrlParser((study_job.StudyConfig,)).parse_args_and_config(["--config", str(path)])
     assert {variant["method"] for variant in config.methods.values()} <= set(METHODS)
-    assert "none" in config.methods and len(config.seeds) >= (3 if "full" in recipe else 1)
+    assert "none" in config.methods and len(config.seeds) >= (5 if "confirmatory" in recipe else 1)
+
+
+def test_preregister_writes_a_confirmatory_recipe_the_study_accepts(finished, tmp_path):
+    from trl import TrlParser
+
+    output = tmp_path / "confirmatory.yaml"
+    assert main(["preregister", "--sweep", str(finished), "--output", str(output), "--output_dir",
+                 str(tmp_path / "confirm")]) == 0
+    (config,) = TrlParser((study_job.StudyConfig,)).parse_args_and_config(["--config", str(output)])
+    assert (config.headline_method, config.comparator_method) == ("lenvm/batch", "linear/batch")
+    assert config.preregistration["sweep_seeds"] == [0] and config.seeds == [200, 201, 202, 203, 204]
+    assert config.policy == str(finished / "policy") and config.critic == str(finished / "critic")
+    assert set(config.methods) == {"none", "linear/batch", "lenvm/batch", "lenvm_seq/batch"}
+    assert len(config.methods["lenvm/batch"]["grid"]) == 4
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds", "0", "1", "2", "3", "4"], "seeds [0] were used by the sweep"),
+    (["--seeds", "7", "8"], "needs ≥ 5 seeds"),
+])
+def test_preregister_refuses_bad_seeds(finished, tmp_path, capsys, flags, message):
+    assert main(["preregister", "--sweep", str(finished), "--output", str(tmp_path / "c.yaml"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c.yaml").exists()
+
+
+def test_preregister_needs_a_finished_sweep(tmp_path, capsys):
+    assert main(["preregister", "--sweep", str(tmp_path / "nothing"), "--output", str(tmp_path / "c.yaml")]) == 2
+    assert "must be the output_dir of a finished `lenvm-rl study`" in capsys.readouterr().err

@@ -39,8 +39,9 @@ DEMO_METHODS = {
     "kimi/batch": {"method": "kimi", "grid": [0.1, 0.4], "options": {"scale_rewards": "batch"}},
     "gated_self_normalized/batch": {"method": "gated_self_normalized", "grid": [0.25, 0.63],
                                     "options": {"scale_rewards": "batch"}},
-    "lenvm": {"method": "lenvm", "grid": [0.125, 0.5]},
-    "lenvm_seq": {"method": "lenvm_seq", "grid": [0.125, 0.5]},
+    # the token-level method and its ablation under the same batch normalization as the baselines
+    "lenvm/batch": {"method": "lenvm", "grid": [0.125, 0.5], "options": {"scale_rewards": "batch"}},
+    "lenvm_seq/batch": {"method": "lenvm_seq", "grid": [0.125, 0.5], "options": {"scale_rewards": "batch"}},
 }
 
 
@@ -48,7 +49,8 @@ def demo_config(args: DemoArguments) -> StudyConfig:
     """The demo's study configuration (the quick one when ``args.quick``)."""
     command = f"lenvm-rl demo --seed {args.seed} --out {args.out}" + (" --quick" if args.quick else "")
     common = {"output_dir": args.out, "seeds": [args.seed], "device": args.device, "threads": args.threads,
-              "command": command}
+              "command": command, "normalizations": None, "headline_method": "lenvm/batch",
+              "ablation_method": "lenvm_seq/batch"}
     if not args.quick:
         return StudyConfig(**common, methods=DEMO_METHODS, eval_prompts=400, eval_samples=4, bootstrap_samples=500)
     return StudyConfig(**common, smoke=True, warmup_problems=400, warmup_steps=40, warmup_hidden_size=64,

@@ -43,24 +43,20 @@ PRETRAINED = "pretrained"
 CONFIG_FILE = "study_config.json"
 RESULT_FILE = "result.json"
 
-# The full study's variants. Grids are geometric (ratio 2; token budgets ratio 1/1.5) and run from "barely shorter
-# than no length term" to "collapsed", found with the same rule for every method by a one-seed sweep
-# (docs/study/README.md).
+# The variants a study runs when its recipe names none: a compact table, not a measured one. Its grids are geometric
+# with one ratio (2) for every coefficient method, and each GRPO variant runs under every normalization in
+# StudyConfig.normalizations. The studies the project reports use the recipes in recipes/study/ (sweep.yaml picks the
+# pre-registered pair, confirmatory.yaml compares it); docs/study/README.md says how their grids were chosen.
 DEFAULT_METHODS: dict[str, dict[str, Any]] = {
     "none": {"method": "none"},
-    "linear/group": {"method": "linear", "grid": [0.05, 0.1, 0.2, 0.4], "options": {"scale_rewards": "group"}},
-    "linear/batch": {"method": "linear", "grid": [0.05, 0.1, 0.2, 0.4], "options": {"scale_rewards": "batch"}},
-    "kimi/group": {"method": "kimi", "grid": [0.05, 0.1, 0.2, 0.4], "options": {"scale_rewards": "group"}},
-    "kimi/batch": {"method": "kimi", "grid": [0.05, 0.1, 0.2, 0.4], "options": {"scale_rewards": "batch"}},
-    "budget/group": {"method": "budget", "grid": [48, 32, 21, 14], "options": {"scale_rewards": "group"}},
-    "budget/batch": {"method": "budget", "grid": [48, 32, 21, 14], "options": {"scale_rewards": "batch"}},
+    "linear": {"method": "linear", "grid": [0.1, 0.2, 0.4, 0.8]},
+    "kimi": {"method": "kimi", "grid": [0.05, 0.1, 0.2, 0.4]},
+    "budget": {"method": "budget", "grid": [48, 32, 21, 14]},
     "gated_self_normalized": {"method": "gated_self_normalized", "grid": [0.05, 0.1, 0.2, 0.4]},
-    "lenvm": {"method": "lenvm", "grid": [0.25, 0.5, 1.0, 2.0]},
-    "lenvm_ungated": {"method": "lenvm_ungated", "grid": [0.25, 0.5, 1.0, 2.0]},
-    "lenvm_seq": {"method": "lenvm_seq", "grid": [0.25, 0.5, 1.0, 2.0]},
-    "lenvm_value": {"method": "lenvm_value", "grid": [0.25, 0.5, 1.0, 2.0]},
+    "lenvm": {"method": "lenvm", "grid": [0.0625, 0.125, 0.25, 0.5]},
+    "lenvm_seq": {"method": "lenvm_seq", "grid": [0.0625, 0.125, 0.25, 0.5]},
     "ppo_none": {"method": "ppo_none"},
-    "ppo_lenvm": {"method": "ppo_lenvm", "grid": [0.25, 0.5, 1.0, 2.0]},
+    "ppo_lenvm": {"method": "ppo_lenvm", "grid": [0.0625, 0.125, 0.25, 0.5]},
 }
 
 # Fields that change what a run computes: results made under other values are not comparable.
@@ -103,7 +99,14 @@ class StudyConfig:
     success_threshold: float = field(default=1.0, metadata={"help": "Correctness reward that counts as correct."})
     methods: dict | None = field(
         default=None,
-        metadata={"help": "Variants to run: label → {method, grid, options}. Default: the full study's table."},
+        metadata={"help": "Variants to run: label → {method, grid, options}. Default: DEFAULT_METHODS, a compact "
+                          "table (the reported studies use recipes/study/)."},
+    )
+    normalizations: list[str] | None = field(
+        default_factory=lambda: ["group", "batch", "none"],
+        metadata={"help": "TRL scale_rewards values every GRPO variant with a coefficient runs under: a variant whose "
+                          "options do not fix scale_rewards becomes <label>/<normalization> for each (null: no "
+                          "expansion)."},
     )
     only: list[str] | None = field(default=None, metadata={"help": "Run only these variant labels (and 'none')."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "RL and evaluation seeds."})
@@ -137,8 +140,26 @@ class StudyConfig:
     eval_temperature: float = field(default=1.0, metadata={"help": "Evaluation sampling temperature."})
     eval_greedy: bool = field(default=True, metadata={"help": "Also evaluate greedy decoding (an extra column)."})
     bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap replicates (prompts × seeds)."})
-    headline_method: str = field(default="lenvm", metadata={"help": "Variant label of the token-level method."})
-    ablation_method: str = field(default="lenvm_seq", metadata={"help": "Variant label of its sequence ablation."})
+    headline_method: str = field(default="lenvm/group", metadata={"help": "Variant label of the token-level method."})
+    comparator_method: str | None = field(
+        default=None,
+        metadata={"help": "Variant label of the pre-registered sequence-level comparator: the headline is "
+                          "headline_method ÷ this variant. None: ÷ the best sequence-level variant of each bootstrap "
+                          "replicate (a minimum over noisy variants, biased toward the baselines; exploratory only)."},
+    )
+    ablation_method: str = field(
+        default="lenvm_seq/group", metadata={"help": "Variant label of its sequence ablation."}
+    )
+    preregistration: dict | None = field(
+        default=None,
+        metadata={"help": "The pre-registration this study confirms (written by `lenvm-rl preregister` from a sweep): "
+                          "rule, sweep directory and seeds, chosen pair and grids. Its seeds may not be reused here."},
+    )
+    rerun_stale: bool = field(
+        default=False,
+        metadata={"help": "Rerun finished runs whose method, options or coefficient differ from the recipe's (default: "
+                          "refuse, naming the field)."},
+    )
     accuracy_drops: list[float] = field(
         default_factory=lambda: [0.01, 0.02, 0.05],
         metadata={"help": "Matched accuracies: no-length-term accuracy minus these (the first is the headline)."},
@@ -175,6 +196,13 @@ class StudyConfig:
                     raise ValueError(f"{where}: grid must hold finite numbers, got {grid}")
             elif variant.get("grid") not in (None, [0], [0.0]):
                 raise ValueError(f"{where}: method {variant['method']!r} has no coefficient; drop its grid")
+        from ..study.methods import expand_normalizations, normalization_gaps
+
+        self.methods = expand_normalizations(self.methods, self.normalizations)
+        gaps = normalization_gaps(self.methods)
+        if gaps:
+            logger.warning("not every method runs under every normalization of this study (%s): their comparison "
+                           "is not like for like", "; ".join(f"{m} lacks {', '.join(g)}" for m, g in gaps.items()))
         if "none" not in {v["method"] for v in self.methods.values()}:
             raise ValueError("methods must include a 'none' variant: every frontier starts at no length term")
         if self.only:
@@ -183,6 +211,11 @@ class StudyConfig:
                 raise ValueError(f"only: {missing} are not variants of this study ({sorted(self.methods)})")
         if not self.seeds:
             raise ValueError("seeds is empty; give at least one seed")
+        if self.comparator_method is not None and self.comparator_method not in self.methods:
+            raise ValueError(f"comparator_method {self.comparator_method!r} is not a variant of this study "
+                             f"({sorted(self.methods)})")
+        if self.preregistration is not None:
+            self._check_preregistration()
         if not self.reward_funcs:
             raise ValueError("reward_funcs is empty; the first reward function defines correctness")
         for name in ("rl_steps", "rl_prompts_per_step", "rl_generations", "eval_prompts", "eval_samples",
@@ -194,6 +227,20 @@ class StudyConfig:
         self.device = resolve_device(self.device).type
         if self.rl_generations < 2:
             raise ValueError("rl_generations must be ≥ 2: GRPO normalizes within groups of completions")
+
+    def _check_preregistration(self) -> None:
+        record = self.preregistration or {}
+        missing = sorted({"rule", "sweep_seeds", "token_level", "comparator"} - set(record))
+        if missing:
+            raise ValueError(f"preregistration lacks {missing}; write it with `lenvm-rl preregister`")
+        reused = sorted(set(self.seeds) & set(record["sweep_seeds"]))
+        if reused:
+            raise ValueError(f"seeds {reused} were used by the sweep that chose this pair (preregistration."
+                             "sweep_seeds); a confirmatory study needs seeds of its own")
+        for role, field_name in (("token_level", "headline_method"), ("comparator", "comparator_method")):
+            if getattr(self, field_name) != record[role]:
+                raise ValueError(f"{field_name} is {getattr(self, field_name)!r} but the pre-registered {role} is "
+                                 f"{record[role]!r}")
 
     def variants(self) -> list[tuple[str, str, float]]:
         """``(label, method, coefficient)`` of every run per seed, in run order."""
@@ -424,7 +471,8 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     options = dict(variant.get("options") or {})
     if options.get("task_critic_model_name_or_path") == PRETRAINED:
         options["task_critic_model_name_or_path"] = str(out / "task-critic")
-    plan = plan_run(method, coef, task_rewards, config.max_completion_length, critic, options)
+    plan = plan_run(method, coef, task_rewards, config.max_completion_length, critic, options,
+                    success_threshold=config.success_threshold)
     run_dir = _run_dir(out, label, coef, seed)
     args = plan.config_class(
         output_dir=str(run_dir / "trainer"), max_steps=config.rl_steps,
@@ -469,6 +517,36 @@ def _check_settings(config: StudyConfig, out: Path) -> None:
                          "it (methods, seeds and report settings may change between reruns, run settings not)")
 
 
+def _finished_runs(config: StudyConfig, out: Path, runs: list[tuple[str, str, float, int]]
+                   ) -> set[tuple[str, str, float, int]]:
+    """The runs of ``runs`` whose result exists and was made as the recipe asks (method, options, coefficient).
+
+    A result made under another method or options with the same label is refused, naming the field, unless
+    ``rerun_stale`` is set (then it is deleted and run again)."""
+    from ..study.methods import run_fingerprint
+
+    finished = set()
+    for run in runs:
+        path = _run_dir(out, run[0], run[2], run[3]) / RESULT_FILE
+        if not path.exists():
+            continue
+        saved = json.loads(path.read_text()).get("run")
+        wanted = json.loads(json.dumps(run_fingerprint(config.methods[run[0]], run[2])))
+        if saved != wanted:
+            differ = sorted(k for k in set(wanted) | set(saved or {}) if (saved or {}).get(k) != wanted.get(k))
+            if not config.rerun_stale:
+                details = ("it records no method/options (made before runs were fingerprinted)" if saved is None
+                           else ", ".join(f"{k}: {saved.get(k)!r} → {wanted.get(k)!r}" for k in differ))
+                raise ValueError(f"{path}: the finished run of variant {run[0]!r} was made differently from what the "
+                                 f"recipe asks ({details}); give the variant a new label, remove the run, or set "
+                                 "rerun_stale: true")
+            logger.warning("%s was made with other %s; running it again", path.parent, differ)
+            path.unlink()
+            continue
+        finished.add(run)
+    return finished
+
+
 def load_results(out: Path) -> list[dict[str, Any]]:
     """Every finished run under ``out/runs`` (one ``result.json`` each)."""
     return [json.loads(path.read_text()) for path in sorted((out / "runs").rglob(RESULT_FILE))]
@@ -496,7 +574,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
     runs = [(label, method, coef, seed) for seed in config.seeds for label, method, coef in config.variants()]
     run_names = {run: f"{run[0]} {run[2]:g} seed {run[3]}" for run in runs}
-    finished = {run for run in runs if (_run_dir(out, run[0], run[2], run[3]) / RESULT_FILE).exists()}
+    finished = _finished_runs(config, out, runs)
     from ..study.methods import METHODS
 
     weight = {run: (1.6 if METHODS[run[1]].trainer == "ppo" else 1.0) for run in runs}
@@ -572,6 +650,9 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                              out)
             result["fingerprint"] = hashlib.sha256(json.dumps(config.fingerprint(), sort_keys=True).encode()
                                                    ).hexdigest()[:16]
+            from ..study.methods import run_fingerprint
+
+            result["run"] = run_fingerprint(config.methods[label], coef)
             _write_json(_run_dir(out, label, coef, seed) / RESULT_FILE, result)
             clock.finish(name, started)
             _write_results_jsonl(config, out)

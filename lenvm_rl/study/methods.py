@@ -13,7 +13,8 @@ token-level length advantage *after* it (``lenvm_rl.trainer.grpo``).
 ``gated_self_normalized`` Arora & Zanette 2025 (:class:`~lenvm_rl.rewards.SelfNormalizedLengthPenalty`)
 ``lenvm``                 LenVM token-level length advantage, gated on correctness (relative units)
 ``lenvm_ungated``         the same without the gate
-``lenvm_seq``             the ablation: same critic, gate, coefficient, the completion's credit spread evenly
+``lenvm_seq``             the ablation: same critic, gate, coefficient; every token carries the completion's whole
+                          normalized length outcome, as GRPO broadcasts its advantage
 ``lenvm_value``           the v1 value-space LenVM advantage, gated
 ``ppo_none``              critic PPO (task critic GAE), no length term — the control of ``ppo_lenvm``
 ``ppo_lenvm``             critic PPO with the gated LenVM advantage
@@ -34,10 +35,14 @@ from typing import Any
 
 from ..rewards import KimiLengthReward, LinearLengthPenalty, SelfNormalizedLengthPenalty, TokenBudgetReward
 
-__all__ = ["MethodSpec", "RunPlan", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "plan_run", "check_method_options"]
+__all__ = ["MethodSpec", "RunPlan", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "NORMALIZATIONS", "plan_run",
+           "check_method_options", "expand_normalizations", "normalization_of", "normalization_gaps",
+           "run_fingerprint"]
 
 SEQUENCE_LEVEL = ("linear", "kimi", "budget", "gated_self_normalized", "ppo_linear")
 TOKEN_LEVEL = ("lenvm", "lenvm_ungated", "lenvm_seq", "lenvm_value", "ppo_lenvm")
+# TRL's ``scale_rewards`` of the task advantage; "group" is TRL's default, "none" Arora & Zanette's own setting
+NORMALIZATIONS = ("group", "batch", "none")
 
 
 @dataclass(frozen=True)
@@ -101,10 +106,13 @@ def check_method_options(method: str, options: dict[str, Any], where: str) -> No
 
 
 def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]], max_completion_length: int,
-             critic_path: str | None, options: dict[str, Any] | None = None) -> RunPlan:
-    """The :class:`RunPlan` of ``method`` at ``coef``. ``task_rewards[0]`` is the correctness reward (1 correct, 0
-    wrong); the others (format rewards, ...) are kept as they are. ``options`` are config overrides of the variant
-    (e.g. ``scale_rewards: batch``), applied last."""
+             critic_path: str | None, options: dict[str, Any] | None = None,
+             success_threshold: float = 1.0) -> RunPlan:
+    """The :class:`RunPlan` of ``method`` at ``coef``. ``task_rewards[0]`` is the correctness reward; a completion
+    is correct when it reaches ``success_threshold``, and that one definition is used by every gate (Kimi's and Arora
+    & Zanette's correctness gates, LenVM's ``length_gate_threshold``) as by the study's evaluation. The other task
+    rewards (format rewards, ...) are kept as they are. ``options`` are config overrides of the variant (e.g.
+    ``scale_rewards: batch``), applied last."""
     spec = METHODS.get(method)
     if spec is None:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
@@ -117,18 +125,19 @@ def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]
     if method in ("linear", "ppo_linear"):
         rewards.append(LinearLengthPenalty(coef=coef, scale=max_completion_length))
     elif method == "kimi":
-        rewards.append(KimiLengthReward(correctness, coef=coef))
+        rewards.append(KimiLengthReward(correctness, coef=coef, threshold=success_threshold))
     elif method == "budget":
         if coef < 1 or coef != int(coef):
             raise ValueError(f"budget: the coefficient is a token budget and must be a whole number ≥ 1, got {coef}")
         rewards[0] = TokenBudgetReward(correctness, budget=int(coef))
     elif method == "gated_self_normalized":
-        rewards.append(SelfNormalizedLengthPenalty(correctness, coef=coef))
+        rewards.append(SelfNormalizedLengthPenalty(correctness, coef=coef, threshold=success_threshold))
     elif spec.uses_critic:
         if critic_path is None:
             raise ValueError(f"method {method!r} needs a LenVM critic")
         overrides = {"length_mode": "advantage", "length_coef": coef, "critic_model_name_or_path": critic_path,
-                     "length_gate": "none" if method == "lenvm_ungated" else "success"}
+                     "length_gate": "none" if method == "lenvm_ungated" else "success",
+                     "length_gate_threshold": success_threshold}
         if method == "lenvm_seq":
             overrides["length_credit"] = "sequence"
         if method == "lenvm_value":
@@ -137,3 +146,60 @@ def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]
         overrides.setdefault("task_critic_learning_rate", 1e-3)
     overrides.update(options or {})
     return RunPlan(trainer_class, config_class, rewards, overrides)
+
+
+def _normalized_by_trl(method: str) -> bool:
+    """GRPO methods with a coefficient: their task advantage is TRL's, so its normalization is a real choice (critic
+    PPO whitens its GAE advantage instead, and ``none`` is the shared anchor)."""
+    spec = METHODS[method]
+    return spec.trainer == "grpo" and spec.uses_coef
+
+
+def normalization_of(variant: dict[str, Any]) -> str | None:
+    """The ``scale_rewards`` a variant's task advantage runs under (TRL's default "group"), or None where TRL's
+    normalization does not apply (critic PPO, the no-length-term anchor)."""
+    if not _normalized_by_trl(variant["method"]):
+        return None
+    return str((variant.get("options") or {}).get("scale_rewards", "group"))
+
+
+def expand_normalizations(methods: dict[str, dict[str, Any]], normalizations: Sequence[str] | None
+                          ) -> dict[str, dict[str, Any]]:
+    """Each GRPO variant with a coefficient that does not fix ``scale_rewards`` itself becomes one variant per
+    normalization, labelled ``<label>/<normalization>``, so that every method (token-level ones included) runs under
+    every normalization the study gives any other. Other variants are kept as they are, in order."""
+    if not normalizations:
+        return dict(methods)
+    unknown = sorted(set(normalizations) - set(NORMALIZATIONS))
+    if unknown:
+        raise ValueError(f"normalizations: {unknown} are not TRL scale_rewards values; choose from {NORMALIZATIONS}")
+    expanded: dict[str, dict[str, Any]] = {}
+    for label, variant in methods.items():
+        options = variant.get("options") or {}
+        if not _normalized_by_trl(variant["method"]) or "scale_rewards" in options:
+            expanded[label] = variant
+            continue
+        for normalization in normalizations:
+            name = f"{label}/{normalization}"
+            if name in methods:
+                raise ValueError(f"methods: {label!r} expands to {name!r}, which is already a variant")
+            expanded[name] = {**variant, "options": {**options, "scale_rewards": normalization}}
+    return expanded
+
+
+def normalization_gaps(methods: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Method → the normalizations some other method of the study runs under and it does not (empty when fair)."""
+    used: dict[str, set[str]] = {}
+    for variant in methods.values():
+        normalization = normalization_of(variant)
+        if normalization is not None:
+            used.setdefault(variant["method"], set()).add(normalization)
+    every = set().union(*used.values()) if used else set()
+    return {method: sorted(every - have) for method, have in used.items() if every - have}
+
+
+def run_fingerprint(variant: dict[str, Any], coef: float) -> dict[str, Any]:
+    """What makes a finished run the run a variant asks for: its method, options and coefficient (the seed and the
+    study-wide settings are checked elsewhere)."""
+    return {"method": variant["method"], "options": dict(sorted((variant.get("options") or {}).items())),
+            "coef": float(coef)}

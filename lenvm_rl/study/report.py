@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,14 @@ import numpy as np
 from ..io import write_text_atomically
 from ..tasks import TRACE_PAYS_FROM
 from .methods import METHODS, SEQUENCE_LEVEL
-from .stats import accuracy_at_tokens, paired_bootstrap, pareto_frontier, percentile_interval, tokens_at_accuracy
+from .stats import (
+    accuracy_at_tokens,
+    paired_bootstrap,
+    pareto_frontier,
+    percentile_interval,
+    t_interval,
+    tokens_at_accuracy,
+)
 
 __all__ = ["StudyTable", "collect", "write_report", "TOKEN_FRACTIONS"]
 
@@ -68,6 +76,23 @@ class StudyTable:
                 return index
         raise ValueError("no finished 'none' run: every comparison is relative to no length term")
 
+    def anchor_index(self, label: str) -> int | None:
+        """The no-length-term point a variant's frontier starts from: its own trainer family's. GRPO variants start
+        at ``none``; critic-PPO variants at the ``ppo_none`` variant with the same task critic (None when the study
+        has none: then the frontier is the variant's own points only); the anchors themselves at nothing."""
+        variant = self.variants[label]
+        if variant["method"] in ("none", "ppo_none"):
+            return None
+        if METHODS[variant["method"]].trainer != "ppo":
+            return self.none_index()
+        task_critic = (variant.get("options") or {}).get("task_critic_model_name_or_path")
+        for index, (name, _) in enumerate(self.configs):
+            other = self.variants[name]
+            if other["method"] == "ppo_none" and (other.get("options") or {}).get(
+                    "task_critic_model_name_or_path") == task_critic:
+                return index
+        return None
+
     def labels(self) -> list[str]:
         return list(dict.fromkeys(label for label, _ in self.configs))
 
@@ -80,16 +105,21 @@ def collect(results: Sequence[dict[str, Any]], variants: dict[str, dict[str, Any
 
 
 def _frontier(table: StudyTable, label: str, accuracy: np.ndarray, tokens: np.ndarray) -> list[tuple[float, float]]:
-    none = table.none_index()
     points = [(tokens[i], accuracy[i]) for i in table.indices(label)]
-    if table.method(label) != "none":
-        points.append((tokens[none], accuracy[none]))
+    anchor = table.anchor_index(label)
+    if anchor is not None:
+        points.append((tokens[anchor], accuracy[anchor]))
     return pareto_frontier(points)
 
 
 def _comparisons(table: StudyTable, head: str | None, ablation: str | None, baselines: list[str],
-                 drops: Sequence[float], accuracy: np.ndarray, tokens: np.ndarray) -> dict[str, float]:
-    """Every headline number for one (bootstrap replicate of the) table of ``(C,)`` means."""
+                 drops: Sequence[float], accuracy: np.ndarray, tokens: np.ndarray,
+                 comparator: str | None = None) -> dict[str, float]:
+    """Every headline number for one (bootstrap replicate, or seed, of the) table of ``(C,)`` means.
+
+    ``ratio@-d`` is the token-level variant ÷ the pre-registered ``comparator`` when there is one, else ÷ the best
+    sequence-level variant of this replicate; ``ratio_vs_best@-d`` is always the latter (secondary: a minimum over
+    ``len(baselines)`` noisy variants, biased toward them)."""
     none = table.none_index()
     out: dict[str, float] = {"none_accuracy": accuracy[none], "none_tokens": tokens[none]}
     frontiers = {label: _frontier(table, label, accuracy, tokens) for label in table.labels()}
@@ -102,7 +132,9 @@ def _comparisons(table: StudyTable, head: str | None, ablation: str | None, base
         best = min(usable) if usable else float("nan")
         out[f"tokens@-{drop:g}/best_baseline"] = best
         if head is not None:
-            out[f"ratio@-{drop:g}"] = needed[head] / best if usable else float("nan")
+            out[f"ratio_vs_best@-{drop:g}"] = needed[head] / best if usable else float("nan")
+            out[f"ratio@-{drop:g}"] = (needed[head] / needed[comparator] if comparator is not None
+                                       else out[f"ratio_vs_best@-{drop:g}"])
             if ablation is not None:
                 out[f"ablation_ratio@-{drop:g}"] = needed[head] / needed[ablation]
     for fraction in TOKEN_FRACTIONS:
@@ -114,7 +146,8 @@ def _comparisons(table: StudyTable, head: str | None, ablation: str | None, base
         best = max(usable) if usable else float("nan")
         out[f"accuracy@{fraction:g}/best_baseline"] = best
         if head is not None:
-            out[f"accuracy_gain@{fraction:g}"] = reached[head] - best if usable else float("nan")
+            out[f"accuracy_gain@{fraction:g}"] = (reached[head] - reached[comparator] if comparator is not None
+                                                  else reached[head] - best if usable else float("nan"))
             if ablation is not None:
                 out[f"ablation_accuracy_gain@{fraction:g}"] = reached[head] - reached[ablation]
     return out
@@ -145,9 +178,11 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     drops = list(config.accuracy_drops)
 
     lenvm_variants = [label for label in labels if METHODS[table.method(label)].uses_critic]
+    comparator = getattr(config, "comparator_method", None)
+    comparator = comparator if comparator in labels else None
 
     def statistic(means: dict[str, np.ndarray]) -> dict[str, float]:
-        values = _comparisons(table, head, ablation, baselines, drops, means["correct"], means["tokens"])
+        values = _comparisons(table, head, ablation, baselines, drops, means["correct"], means["tokens"], comparator)
         for label in lenvm_variants:
             for drop in drops:
                 values[f"ratio@-{drop:g}/{label}"] = (values[f"tokens@-{drop:g}/{label}"]
@@ -159,11 +194,25 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     point = statistic({"correct": accuracy, "tokens": tokens})
     boot = paired_bootstrap({"correct": table.metrics["correct"], "tokens": table.metrics["tokens"]}, statistic,
                             samples=config.bootstrap_samples, seed=0)
+    per_seed = _per_seed(table, statistic, "correct", "tokens")
+    deployed = None
+    if "greedy_correct" in table.metrics and "greedy_tokens" in table.metrics:
+        def greedy_statistic(means: dict[str, np.ndarray]) -> dict[str, float]:
+            return _comparisons(table, head, ablation, baselines, drops, means["correct"], means["tokens"],
+                                comparator)
+
+        greedy_means = {"correct": np.nanmean(table.metrics["greedy_correct"], axis=(1, 2)),
+                        "tokens": np.nanmean(table.metrics["greedy_tokens"], axis=(1, 2))}
+        deployed = (greedy_statistic(greedy_means),
+                    paired_bootstrap({"correct": table.metrics["greedy_correct"],
+                                      "tokens": table.metrics["greedy_tokens"]}, greedy_statistic,
+                                     samples=config.bootstrap_samples, seed=1),
+                    _per_seed(table, greedy_statistic, "greedy_correct", "greedy_tokens"))
     start = json.loads((out / "start.json").read_text()) if (out / "start.json").exists() else None
     prompt_table = json.loads((out / "eval_prompts.json").read_text()) if (out / "eval_prompts.json").exists() else {}
     critic = json.loads((out / "critic_metrics.json").read_text()) if (out / "critic_metrics.json").exists() else None
 
-    lines = [_headline(point, boot, head, drops), ""]
+    lines = [_headline(point, boot, per_seed, head, comparator, len(baselines), drops), ""]
     if config.smoke:
         lines += ["> **SMOKE TEST.** This run is sized to exercise every stage in minutes; its policies are barely "
                   "trained and its numbers mean nothing. Run the full study (`lenvm-rl study --config "
@@ -176,10 +225,17 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
               f"{config.rl_prompts_per_step} prompts × {config.rl_generations} samples at learning rate "
               f"{config.rl_learning_rate:g} (β = {config.rl_beta:g}), and is evaluated on {table.prompts} held-out "
               f"prompts × {config.eval_samples} samples at temperature {config.eval_temperature:g}"
-              f"{' plus greedy' if config.eval_greedy else ''}. Intervals: 95% paired bootstrap over prompts and seeds "
-              f"({config.bootstrap_samples} replicates). Every frontier includes the no-length-term point.", ""]
-    lines += _targets_section(point, boot, head, ablation, drops)
-    lines += _matched_sections(point, boot, head, ablation, baselines, drops)
+              f"{' plus greedy' if config.eval_greedy else ''}. Intervals: t over the "
+              f"{len(table.seeds)} per-seed values (the seed-level interval, the one claims rest on) and a paired "
+              f"two-level bootstrap over seeds and prompts ({config.bootstrap_samples} replicates), both 95%. "
+              "Every frontier includes its trainer "
+              "family's no-length-term point (`none` for GRPO, `ppo_none` with the same task critic for critic "
+              "PPO).", ""]
+    lines += _preregistration_section(config, table.seeds, head, comparator, baselines, lenvm_variants)
+    lines += _targets_section(point, boot, per_seed, head, ablation, drops)
+    lines += _matched_sections(point, boot, per_seed, head, ablation, baselines, drops, comparator)
+    if deployed is not None:
+        lines += _deployed_section(*deployed, head, comparator, drops)
     lines += _variants_section(point, boot, lenvm_variants, drops)
     lines += _runs_section(table, accuracy, tokens, boot, start, prompt_table)
     lines += _normalization_section(table, point, baselines, drops)
@@ -210,81 +266,167 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     write_text_atomically(out / "report.md", "\n".join(lines))
     report = {"headline": lines[0], "point": point,
               "intervals": {key: list(percentile_interval(value)) for key, value in boot.items()},
+              "per_seed": {key: value.tolist() for key, value in per_seed.items() if "ratio" in key},
+              "seed_intervals": {key: list(t_interval(value)) for key, value in per_seed.items() if "ratio" in key},
+              "greedy_point": deployed[0] if deployed else None,
               "configs": [list(c) for c in table.configs], "seeds": table.seeds, "stage_seconds": stage_seconds}
     write_text_atomically(out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
     _plot(out, table, accuracy, tokens, boot, start, prompt_table)
     return report
 
 
-def _headline(point: dict[str, float], boot: dict[str, np.ndarray], head: str | None, drops: Sequence[float]) -> str:
+def _headline(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
+              head: str | None, comparator: str | None, baselines: int, drops: Sequence[float]) -> str:
     if head is None or not drops:
         return "Headline: no token-level LenVM run finished; nothing to compare yet."
     key = f"ratio@-{drops[0]:g}"
     ratio = point.get(key, float("nan"))
+    against = (f"the pre-registered comparator `{comparator}`" if comparator is not None else
+               f"the best of {baselines} sequence-level variants per replicate (exploratory: no comparator was "
+               "pre-registered, and that minimum favours the baselines)")
     if not math.isfinite(ratio):
-        return (f"Headline: at the no-length-term accuracy minus {100 * drops[0]:g} point(s), token-level LenVM or "
-                "every sequence-level method is off its frontier; no matched-accuracy ratio.")
-    low, high = percentile_interval(boot[key])
-    return (f"Headline: token-level LenVM uses {ratio:.2f}× the tokens of the best sequence-level method at matched "
-            f"accuracy (95% CI {low:.2f}–{high:.2f})")
+        return (f"Headline: at the no-length-term accuracy minus {100 * drops[0]:g} point(s), `{head}` or {against} "
+                "is off its frontier; no matched-accuracy ratio.")
+    low, high = t_interval(per_seed.get(key, []))
+    b_low, b_high = percentile_interval(boot[key])
+    return (f"Headline: `{head}` uses {ratio:.2f}× the tokens of {against} at matched accuracy "
+            f"(−{100 * drops[0]:g} pt; 95% CI over seeds {_fmt(low, 2)}–{_fmt(high, 2)}, "
+            f"n = {int(np.isfinite(per_seed.get(key, np.array([]))).sum())}; bootstrap {b_low:.2f}–{b_high:.2f})")
 
 
-def _targets_section(point: dict[str, float], boot: dict[str, np.ndarray], head: str | None, ablation: str | None,
-                     drops: Sequence[float]) -> list[str]:
+def _preregistration_section(config: Any, seeds: list[int], head: str | None, comparator: str | None,
+                             baselines: list[str], token_variants: list[str]) -> list[str]:
+    record = getattr(config, "preregistration", None)
+    lines = ["## Pre-registration", ""]
+    if not record:
+        lines += [f"None: this study is exploratory. Its headline compares `{head}` with the best of "
+                  f"{len(baselines)} sequence-level variants per replicate, and any variant read from it is selected "
+                  f"from {len(token_variants)} token-level and {len(baselines)} sequence-level variants. Use it to "
+                  "choose a pair (`lenvm-rl preregister`), not to claim one.", ""]
+        return lines
+    lines += [f"The headline pair was chosen on the sweep `{record.get('sweep', '?')}` (seeds "
+              f"{record['sweep_seeds']}), by a rule written down before this study ran, and is compared here on "
+              f"seeds {seeds} that the sweep never used:", "",
+              f"- rule: {record['rule']}",
+              f"- token-level: `{record['token_level']}`, grid {record.get('token_level_grid')}",
+              f"- comparator: `{record['comparator']}`, grid {record.get('comparator_grid')}",
+              f"- picked from {record.get('token_level_candidates', '?')} token-level and "
+              f"{record.get('comparator_candidates', '?')} sequence-level variants of the sweep", "",
+              "Every other number below is secondary: a comparison with the best of several variants is a minimum "
+              "over noisy estimates, and says so.", ""]
+    return lines
+
+
+def _targets_section(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
+                     head: str | None, ablation: str | None, drops: Sequence[float]) -> list[str]:
     if head is None or not drops:
         return []
     lines = ["## Targets", ""]
     key = f"ratio@-{drops[0]:g}"
     ratio = point.get(key, float("nan"))
-    low, high = percentile_interval(boot.get(key, np.array([np.nan])))
+    low, high = t_interval(per_seed.get(key, []))
     met = math.isfinite(ratio) and ratio <= 0.85 and math.isfinite(high) and high < 1.0
-    lines.append(f"- Gated token-level LenVM at ≤ 0.85× the tokens of the best tuned sequence-level baseline at "
-                 f"matched accuracy (no length term − {100 * drops[0]:g} point), interval excluding 1.0: "
-                 f"**{'met' if met else 'missed'}** (ratio {_fmt(ratio, 2)}, 95% CI {_fmt(low, 2)}–{_fmt(high, 2)}).")
+    lines.append(f"- `{head}` at ≤ 0.85× the tokens of the comparator at matched accuracy (no length term − "
+                 f"{100 * drops[0]:g} point), seed-level interval excluding 1.0: "
+                 f"**{'met' if met else 'missed'}** (ratio {_fmt(ratio, 2)}, 95% CI over seeds "
+                 f"{_fmt(low, 2)}–{_fmt(high, 2)}).")
     if ablation is not None:
         key = f"ablation_ratio@-{drops[0]:g}"
         ratio = point.get(key, float("nan"))
-        low, high = percentile_interval(boot.get(key, np.array([np.nan])))
+        low, high = t_interval(per_seed.get(key, []))
         met = math.isfinite(high) and high < 1.0
-        lines.append(f"- Ahead of its own sequence-level ablation (`{ablation}`) by a margin outside noise: "
-                     f"**{'met' if met else 'missed'}** (token ratio {_fmt(ratio, 2)}, 95% CI "
+        lines.append(f"- Ahead of its own sequence-level ablation (`{ablation}`, which broadcasts each completion's "
+                     f"normalized length outcome to every token as GRPO does) by a margin outside seed noise: "
+                     f"**{'met' if met else 'missed'}** (token ratio {_fmt(ratio, 2)}, 95% CI over seeds "
                      f"{_fmt(low, 2)}–{_fmt(high, 2)}).")
     return lines + [""]
 
 
-def _matched_sections(point: dict[str, float], boot: dict[str, np.ndarray], head: str | None, ablation: str | None,
-                      baselines: list[str], drops: Sequence[float]) -> list[str]:
+def _per_seed(table: StudyTable, statistic: Any, correct: str, tokens: str) -> dict[str, np.ndarray]:
+    """name → ``(S,)``: the statistic computed on each seed's runs alone (the replication unit of an RL study)."""
+    out: dict[str, list[float]] = {}
+    for index in range(len(table.seeds)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a configuration missing this seed is NaN
+            means = {"correct": np.nanmean(table.metrics[correct][:, index], axis=1),
+                     "tokens": np.nanmean(table.metrics[tokens][:, index], axis=1)}
+        for name, value in statistic(means).items():
+            out.setdefault(name, []).append(float(value))
+    return {name: np.asarray(values) for name, values in out.items()}
+
+
+def _seed_interval(per_seed: dict[str, np.ndarray], key: str, digits: int = 2) -> str:
+    low, high = t_interval(per_seed.get(key, []))
+    return "–" if not math.isfinite(low) else f"{low:.{digits}f}–{high:.{digits}f}"
+
+
+def _deployed_section(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
+                      head: str | None, comparator: str | None, drops: Sequence[float]) -> list[str]:
+    """The matched-accuracy comparison at the temperature users deploy (greedy): a method that only sharpens the
+    policy gains sampled accuracy at T = 1 without being a better length method, and this is where that shows."""
+    if head is None:
+        return []
+    lines = ["## At the deployed temperature (greedy)", "",
+             f"The same comparison on greedy decoding (no-length-term greedy accuracy {_fmt(point['none_accuracy'])} "
+             f"at {_fmt(point['none_tokens'], 1)} tokens). Where every run's greedy accuracy is near 1, sampled "
+             "accuracy at T = 1 is partly a measure of entropy; read the two tables together.", "",
+             f"| accuracy target | `{head}` | {f'`{comparator}`' if comparator else 'best sequence-level'} | ratio "
+             "(95% CI over seeds; bootstrap) |", "|---|---|---|---|"]
+    for drop in drops:
+        key = f"ratio@-{drop:g}"
+        other = point.get(f"tokens@-{drop:g}/{comparator}" if comparator else f"tokens@-{drop:g}/best_baseline",
+                          math.nan)
+        lines.append(f"| {point['none_accuracy'] - drop:.3f} (−{100 * drop:g} pt) | "
+                     f"{_fmt(point.get(f'tokens@-{drop:g}/{head}', math.nan), 1)} | {_fmt(other, 1)} | "
+                     f"{_fmt(point.get(key, math.nan), 2)} ({_seed_interval(per_seed, key)}; "
+                     f"{_interval(boot.get(key), 2)}) |")
+    return lines + [""]
+
+
+def _matched_sections(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
+                      head: str | None, ablation: str | None, baselines: list[str], drops: Sequence[float],
+                      comparator: str | None = None) -> list[str]:
+    against = f"the comparator `{comparator}`" if comparator else "the best sequence-level variant of each replicate"
     lines = ["## Tokens at matched accuracy", "",
              "Tokens each frontier needs to reach the no-length-term accuracy minus 1, 2 and 5 points (interpolated; "
-             "– where a frontier does not reach it). Ratio: LenVM ÷ the best sequence-level variant of each "
-             "bootstrap replicate.", "",
-             "| accuracy target | LenVM | best sequence-level | ratio (95% CI) | ablation "
-             "| LenVM ÷ ablation (95% CI) |",
-             "|---|---|---|---|---|---|"]
+             f"– where a frontier does not reach it). Ratio: `{head}` ÷ {against}; intervals: over seeds (t), then "
+             f"bootstrap. Last column (secondary): ÷ the best of {len(baselines)} sequence-level variants per "
+             "replicate.", "",
+             "| accuracy target | token-level | comparator | ratio (95% CI seeds; bootstrap) | ablation "
+             "| ÷ ablation (95% CI seeds; bootstrap) | ÷ best of all (bootstrap) |",
+             "|---|---|---|---|---|---|---|"]
     none_accuracy = point["none_accuracy"]
     for drop in drops:
         best_label = min(baselines, key=lambda b: point.get(f"tokens@-{drop:g}/{b}", math.inf)
                          if math.isfinite(point.get(f"tokens@-{drop:g}/{b}", math.nan)) else math.inf,
                          default=None)
+        if comparator:
+            best_label = comparator
         lenvm = point.get(f"tokens@-{drop:g}/{head}", math.nan) if head else math.nan
-        best = point.get(f"tokens@-{drop:g}/best_baseline", math.nan)
+        best = point.get(f"tokens@-{drop:g}/{comparator}" if comparator else f"tokens@-{drop:g}/best_baseline",
+                         math.nan)
         abl = point.get(f"tokens@-{drop:g}/{ablation}", math.nan) if ablation else math.nan
         lines.append(
             f"| {none_accuracy - drop:.3f} (−{100 * drop:g} pt) | {_fmt(lenvm, 1)} | {_fmt(best, 1)}"
             f"{f' ({best_label})' if best_label and math.isfinite(best) else ''} | "
-            f"{_fmt(point.get(f'ratio@-{drop:g}', math.nan), 2)} ({_interval(boot.get(f'ratio@-{drop:g}'), 2)}) | "
+            f"{_fmt(point.get(f'ratio@-{drop:g}', math.nan), 2)} ({_seed_interval(per_seed, f'ratio@-{drop:g}')}; "
+            f"{_interval(boot.get(f'ratio@-{drop:g}'), 2)}) | "
             f"{_fmt(abl, 1)} | {_fmt(point.get(f'ablation_ratio@-{drop:g}', math.nan), 2)} "
-            f"({_interval(boot.get(f'ablation_ratio@-{drop:g}'), 2)}) |")
+            f"({_seed_interval(per_seed, f'ablation_ratio@-{drop:g}')}; "
+            f"{_interval(boot.get(f'ablation_ratio@-{drop:g}'), 2)}) | "
+            f"{_fmt(point.get(f'ratio_vs_best@-{drop:g}', math.nan), 2)} "
+            f"({_interval(boot.get(f'ratio_vs_best@-{drop:g}'), 2)}) |")
     lines += ["", "## Accuracy at matched tokens", "",
               f"Accuracy each frontier reaches within a fraction of the no-length-term policy's "
               f"{point['none_tokens']:.1f} tokens.", "",
-              "| token budget | LenVM | best sequence-level | LenVM − best (95% CI) | ablation | LenVM − ablation "
+              "| token budget | token-level | comparator | difference (95% CI) | ablation | − ablation "
               "(95% CI) |", "|---|---|---|---|---|---|"]
+    other = comparator or "best_baseline"
     for fraction in TOKEN_FRACTIONS:
         lines.append(
             f"| {fraction:g} × ({fraction * point['none_tokens']:.1f}) | "
             f"{_fmt(point.get(f'accuracy@{fraction:g}/{head}', math.nan))} | "
-            f"{_fmt(point.get(f'accuracy@{fraction:g}/best_baseline', math.nan))} | "
+            f"{_fmt(point.get(f'accuracy@{fraction:g}/{other}', math.nan))} | "
             f"{_fmt(point.get(f'accuracy_gain@{fraction:g}', math.nan))} "
             f"({_interval(boot.get(f'accuracy_gain@{fraction:g}'))}) | "
             f"{_fmt(point.get(f'accuracy@{fraction:g}/{ablation}', math.nan))} | "

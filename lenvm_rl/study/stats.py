@@ -1,5 +1,11 @@
 """Statistics of the length-method study: Pareto frontiers, interpolation along them, matched-accuracy token ratios
-and paired bootstrap intervals over prompts and seeds. Pure numpy: arrays in, numbers out.
+paired bootstrap intervals over prompts and seeds, and t-intervals over per-seed statistics. Pure numpy: arrays in,
+numbers out.
+
+Why two intervals: the bootstrap resamples seeds and prompts, but with ``S`` seeds it has only ``C(2S-1, S)`` distinct
+seed resamples (10 for 3 seeds) and reads the spread of a handful of seeds as if it were the population's; a
+t-interval over the ``S`` per-seed values of a statistic widens by Student's quantile exactly when seeds are few
+and disagree, which is what an honest seed-level interval must do.
 
 A *point* is ``(tokens, accuracy)`` of one (method, coefficient). A method's *frontier* is its Pareto-efficient
 points (no other point of the method is both shorter and at least as accurate) sorted by tokens; between two
@@ -9,6 +15,7 @@ method need to reach accuracy ``a``" and ``accuracy_at_tokens`` "how accurate ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -19,6 +26,8 @@ __all__ = [
     "accuracy_at_tokens",
     "percentile_interval",
     "paired_bootstrap",
+    "student_t_quantile",
+    "t_interval",
 ]
 
 
@@ -118,3 +127,47 @@ def paired_bootstrap(
         for name, value in statistic(means).items():
             out.setdefault(name, []).append(float(value))
     return {name: np.asarray(values) for name, values in out.items()}
+
+
+def student_t_quantile(probability: float, df: int) -> float:
+    """The ``probability`` quantile of Student's t with ``df`` degrees of freedom (``t_{0.975, 4}`` = 2.776).
+
+    Bisection on the CDF, itself a Simpson integral of the density ``Γ((ν+1)/2) / (√(νπ) Γ(ν/2)) (1 + x²/ν)^(-(ν+1)/2)``
+    (numpy only; accurate to about 1e-6 for the quantiles intervals use).
+    """
+    if not 0.0 < probability < 1.0:
+        raise ValueError(f"probability must lie in (0, 1), got {probability!r}")
+    if df < 1:
+        raise ValueError(f"df must be ≥ 1, got {df!r}")
+    if probability < 0.5:
+        return -student_t_quantile(1.0 - probability, df)
+    nu = float(df)
+    log_norm = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+
+    def upper_cdf(x: float) -> float:  # P(0 < T < x)
+        grid = np.linspace(0.0, x, 4001)
+        density = np.exp(log_norm - (nu + 1) / 2 * np.log1p(grid ** 2 / nu))
+        h = grid[1] - grid[0]
+        return float(h / 3 * (density[0] + density[-1] + 4 * density[1:-1:2].sum() + 2 * density[2:-1:2].sum()))
+
+    target = probability - 0.5
+    low, high = 0.0, 1.0
+    while upper_cdf(high) < target:
+        low, high = high, high * 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if upper_cdf(middle) < target else (low, middle)
+    return (low + high) / 2
+
+
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """``mean ± t_{(1+level)/2, n-1} · sd / √n`` over the finite ``values`` (one per seed): the interval of the mean
+    of a statistic whose only honest replication unit is the seed. (NaN, NaN) with fewer than two finite values."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size < 2:
+        return float("nan"), float("nan")
+    half = student_t_quantile((1.0 + level) / 2.0, finite.size - 1) * finite.std(ddof=1) / math.sqrt(finite.size)
+    return float(finite.mean() - half), float(finite.mean() + half)

@@ -18,8 +18,9 @@ least favourable length outcome of their group (``"worst"``).
   expected length the completion saved; centered on the group's passing completions and divided by the batch's
   standard deviation of that outcome (``length_scale``), then GAE with discount 1 and ``length_lam``. ``s = 1``
   means: one standard deviation shorter than its passing siblings earns, summed over the tokens that decided it,
-  what one standard deviation of task reward earns. ``length_credit="sequence"`` spreads the same total evenly over
-  the completion's tokens (the ablation that removes token-level credit assignment).
+  what one standard deviation of task reward earns. ``length_credit="sequence"`` puts the completion's whole normalized
+  outcome ``(S_i - μ_g) / σ`` on every one of its tokens, for every λ, as GRPO broadcasts its task advantage (the
+  ablation that removes token-level credit assignment and nothing else).
 * ``length_units="value"`` (v1): GAE (``γ`` of the critic, ``length_lam``) of the value-space residual
   ``δ_t = -(1-γ) + γV(s_{t+1}) - V(s_t)``, optionally whitened over gated tokens. Under an automatic γ values saturate
   near -1 for long completions, so the same ``s`` means different things on different tasks.
@@ -32,7 +33,8 @@ plus a constant ``1-γ`` per token; real shaping (before a learned task critic's
 The seam is ``_generate_and_score_completions``: after TRL has generated, scored and normalized, the critic runs
 once on the completions TRL produced and the ``(B,)`` advantages become ``(B, T)`` ones, which TRL's loss accepts.
 ``_calculate_rewards`` is wrapped to remember the per-function rewards for the gate. Both are private TRL methods, so
-the TRL range is pinned in ``pyproject.toml`` and ``tests/test_grpo.py`` checks the seam.
+the tested TRL minor version is pinned in ``pyproject.toml`` and the seam's signatures are checked at import
+(:mod:`lenvm_rl.trainer._seam`).
 """
 
 from __future__ import annotations
@@ -49,22 +51,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import trl
 from torch import Tensor
 from trl import GRPOConfig, GRPOTrainer
 
 from ..data import check_local_path, check_same_tokenizer, tokenizer_fingerprint
 from ..length_math import (
     check_gamma,
-    discounted_cumsum,
     length_advantages,
     length_outcome_statistics,
     normalize_length_credits,
+    place_length_advantages,
     relative_length_credits,
     value_targets,
     value_to_length,
 )
 from ..modeling import LengthValueModel, unwrap_critic
 from ..signals import LengthCritic, terminated_mask
+from ._seam import check_trl_seam
+
+check_trl_seam(GRPOTrainer, trl.__version__)
 
 __all__ = ["LenVMGRPOConfig", "LenVMGRPOTrainer", "LENGTH_MODES", "LENGTH_GATES", "LENGTH_UNITS"]
 
@@ -136,8 +142,9 @@ class LenVMGRPOConfig(GRPOConfig):
     )
     length_credit: str = field(
         default="token",
-        metadata={"help": "'token': credit where the critic places it; 'sequence': the same total spread evenly over "
-                          "the completion (ablation). Relative units only."},
+        metadata={"help": "'token': credit where the critic places it (GAE with length_lam); 'sequence': the "
+                          "completion's whole normalized length outcome on each of its tokens, as GRPO broadcasts its "
+                          "advantage (the ablation; length_lam unused). Relative units only."},
     )
     length_scale: str = field(
         default="batch",
@@ -240,6 +247,8 @@ class LenVMGRPOConfig(GRPOConfig):
         else:
             if self.length_units == "relative":
                 ignored += ("whiten_length_advantages",)
+                if self.length_credit == "sequence":
+                    ignored += ("length_lam",)
             else:
                 ignored += ("length_credit", "length_scale", "length_scale_min")
             if self.length_gate == "none":
@@ -417,7 +426,7 @@ class LenVMGRPOTrainer(GRPOTrainer):
         normalized = normalize_length_credits(
             credits, completion_mask, group_size, passed, placement=args.length_credit,
             failed=args.length_gate_failed, statistics=tuple(t[rows] for t in statistics))
-        advantages = discounted_cumsum(normalized, completion_mask, args.length_lam)
+        advantages = place_length_advantages(normalized, completion_mask, args.length_lam, args.length_credit)
         passing = gathered[:, 1].bool()
         if passing.any():
             # mean outcome > 0: completions come out shorter than the critic expects (a stale critic)

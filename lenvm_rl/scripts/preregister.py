@@ -1,0 +1,102 @@
+"""``lenvm-rl preregister``: pick a confirmatory study's headline pair from a finished sweep, by a fixed rule.
+
+Reads the sweep's ``study_config.json`` and finished runs, applies :data:`lenvm_rl.study.preregister.RULE`, and
+writes the confirmatory recipe: the sweep's run settings, its starting policy and critic (by path), the pair on its
+grids (plus the token-level variant's ablation, secondary), seeds the sweep never used, and the pre-registration
+record that the study refuses to contradict. Nothing is trained here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io import write_text_atomically
+
+__all__ = ["PreregisterArguments", "preregister", "main"]
+
+# settings a confirmatory study must share with its sweep for the choice to carry over
+_SHARED = ("dataset", "train_split", "eval_split", "prompt_column", "difficulty_column", "reward_funcs",
+           "success_threshold", "data_seed", "train_prompts", "rl_steps", "rl_prompts_per_step", "rl_generations",
+           "rl_learning_rate", "rl_temperature", "rl_beta", "max_completion_length", "eval_temperature",
+           "eval_greedy", "accuracy_drops", "threads")
+
+
+@dataclass
+class PreregisterArguments:
+    """Pick the pre-registered pair from a sweep and write the confirmatory recipe."""
+
+    sweep: str = field(default="runs/study-sweep", metadata={"help": "Output directory of the finished sweep."})
+    output: str = field(default="recipes/study/confirmatory.yaml", metadata={"help": "Recipe to write."})
+    output_dir: str = field(default="runs/study-confirmatory", metadata={"help": "output_dir of that recipe."})
+    seeds: list[int] = field(default_factory=lambda: [200, 201, 202, 203, 204],
+                             metadata={"help": "Confirmatory seeds (≥ 5, none of the sweep's)."})
+    drop: float | None = field(default=None, metadata={"help": "Accuracy drop the pair is picked at (default: the "
+                                                                   "sweep's first accuracy_drops entry)."})
+    eval_prompts: int = field(default=400, metadata={"help": "Held-out prompts of the confirmatory evaluation."})
+    eval_samples: int = field(default=4, metadata={"help": "Samples per prompt (≥ 4 at T = 1)."})
+    bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap replicates of its report."})
+
+
+DATACLASSES = (PreregisterArguments,)
+
+
+def preregister(args: PreregisterArguments) -> dict:
+    """Write ``args.output`` and return the recipe it holds."""
+    import yaml
+
+    from ..study.preregister import RULE, choose_pair, confirmatory_methods
+    from ..study.report import collect
+    from .study import CONFIG_FILE, load_results
+
+    sweep = Path(args.sweep)
+    saved = sweep / CONFIG_FILE
+    if not saved.exists():
+        raise FileNotFoundError(f"{saved} not found: --sweep must be the output_dir of a finished `lenvm-rl study`")
+    config = json.loads(saved.read_text())["config"]
+    if len(args.seeds) < 5:
+        raise ValueError(f"seeds: a confirmatory study needs ≥ 5 seeds, got {args.seeds}")
+    reused = sorted(set(args.seeds) & set(config["seeds"]))
+    if reused:
+        raise ValueError(f"seeds {reused} were used by the sweep {sweep}; the confirmatory study needs its own")
+    results = load_results(sweep)
+    if not results:
+        raise ValueError(f"{sweep} has no finished runs")
+    drop = float(args.drop if args.drop is not None else config["accuracy_drops"][0])
+    table = collect(results, config["methods"])
+    choice = choose_pair(table, drop)
+    policy = str(sweep / "policy") if config["policy"] == "builtin" else config["policy"]
+    critic = str(sweep / "critic") if config["critic"] == "train" else config["critic"]
+    record = {"rule": RULE.format(drop=drop), "sweep": str(sweep), "sweep_seeds": config["seeds"],
+              "token_level": choice.token_level, "comparator": choice.comparator,
+              "token_level_grid": choice.token_level_grid, "comparator_grid": choice.comparator_grid,
+              "token_level_candidates": choice.token_level_candidates,
+              "comparator_candidates": choice.comparator_candidates,
+              "sweep_target_accuracy": round(choice.target_accuracy, 4),
+              "sweep_tokens_at_target": {k: (round(v, 2) if v != float("inf") else "unreached")
+                                         for k, v in choice.tokens.items()}}
+    methods = confirmatory_methods(table, choice)
+    ablation = next((label for label in methods if methods[label]["method"] == "lenvm_seq"), None)
+    recipe = {"output_dir": args.output_dir, "policy": policy, "critic": critic,
+              **{key: config[key] for key in _SHARED if key in config},
+              "seeds": list(args.seeds), "eval_prompts": args.eval_prompts, "eval_samples": args.eval_samples,
+              "bootstrap_samples": args.bootstrap_samples, "normalizations": None,
+              "headline_method": choice.token_level, "comparator_method": choice.comparator,
+              **({"ablation_method": ablation} if ablation else {}),
+              "methods": methods, "preregistration": record}
+    header = (f"# Confirmatory study, pre-registered from the sweep {sweep} (seeds {config['seeds']}) by "
+              "`lenvm-rl preregister`;\n# its headline compares exactly the pair below on seeds the sweep never "
+              f"used.\n# Run:  OMP_NUM_THREADS=1 lenvm-rl study --config {args.output}\n")
+    write_text_atomically(Path(args.output), header + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+    return recipe
+
+
+def main(args: PreregisterArguments) -> None:
+    recipe = preregister(args)
+    record = recipe["preregistration"]
+    print(f"token-level: {record['token_level']} grid {record['token_level_grid']} "
+          f"(of {record['token_level_candidates']} candidates)")
+    print(f"comparator:  {record['comparator']} grid {record['comparator_grid']} "
+          f"(of {record['comparator_candidates']} candidates)")
+    print(f"wrote {args.output}")

@@ -1,0 +1,115 @@
+"""Pre-registration: the rule that picks a confirmatory study's headline pair from a sweep, fixed before it runs.
+
+A study that compares one token-level variant with the best of many noisy baselines per bootstrap replicate is biased
+toward the baselines; one that reads the best of many token-level variants afterwards is biased toward them. So the
+sweep (its own seeds) chooses, by :data:`RULE`, exactly one comparator and one token-level variant with their grids,
+and the confirmatory study (other seeds, ≥ 5) compares exactly those two. :func:`choose_pair` applies the rule to a
+sweep's :class:`~lenvm_rl.study.report.StudyTable`; ``lenvm-rl preregister`` writes the confirmatory recipe.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .methods import METHODS, SEQUENCE_LEVEL, TOKEN_LEVEL
+from .report import StudyTable, _frontier
+from .stats import tokens_at_accuracy
+
+__all__ = ["RULE", "ABLATIONS", "GRID_RATIO", "BUDGET_RATIO", "PairChoice", "choose_pair", "confirmatory_grid"]
+
+# Variants that answer "does token placement matter", not "which method is best": never a headline candidate.
+ABLATIONS = ("lenvm_seq",)
+GRID_RATIO = 2.0
+BUDGET_RATIO = 1.5
+
+RULE = (
+    "On the sweep, with a0 the no-length-term accuracy: every variant's tokens at accuracy a0 − {drop} on its "
+    "frontier (anchored at its trainer family's no-length-term point; +inf where the frontier does not reach it). "
+    "Comparator: the sequence-level variant with the fewest; token-level: the token-level variant (ablations "
+    "excluded) with the fewest; ties broken by tokens at a0 − 2·{drop}, then by label. Grid of each: c* × "
+    "(1/4, 1/2, 1, 2) with c* the sweep coefficient with the fewest tokens among the variant's points at or above "
+    "the target accuracy (its weakest coefficient when none is); token budgets c* × (2.25, 1.5, 1, 1/1.5), rounded. "
+    "The ablation (lenvm_seq under the token-level variant's options) runs on the token-level grid, as secondary."
+)
+
+
+@dataclass
+class PairChoice:
+    """What :func:`choose_pair` picked, with the numbers it picked on."""
+
+    token_level: str
+    comparator: str
+    token_level_grid: list[float]
+    comparator_grid: list[float]
+    tokens: dict[str, float]
+    target_accuracy: float
+    token_level_candidates: int
+    comparator_candidates: int
+
+
+def confirmatory_grid(table: StudyTable, label: str, accuracy: np.ndarray, tokens: np.ndarray,
+                      target: float) -> list[float]:
+    """The rule's grid for ``label``: ratio 2 around the sweep's most aggressive coefficient that held ``target``."""
+    indices = table.indices(label)
+    holding = [i for i in indices if accuracy[i] >= target]
+    budget = table.method(label) == "budget"
+    if holding:
+        center = min(holding, key=lambda i: tokens[i])
+    else:  # the weakest coefficient (largest budget, smallest coefficient)
+        center = max(indices, key=lambda i: table.configs[i][1]) if budget else min(indices,
+                                                                                   key=lambda i: table.configs[i][1])
+    coef = table.configs[center][1]
+    if budget:
+        return [float(max(1, round(coef * factor))) for factor in (BUDGET_RATIO ** 2, BUDGET_RATIO, 1.0,
+                                                                   1 / BUDGET_RATIO)]
+    return [coef * factor for factor in (1 / GRID_RATIO ** 2, 1 / GRID_RATIO, 1.0, GRID_RATIO)]
+
+
+def choose_pair(table: StudyTable, drop: float = 0.01) -> PairChoice:
+    """Apply :data:`RULE` to a sweep's finished runs (means over its seeds and prompts)."""
+    accuracy = np.nanmean(table.metrics["correct"], axis=(1, 2))
+    tokens = np.nanmean(table.metrics["tokens"], axis=(1, 2))
+    none = table.none_index()
+    target = float(accuracy[none] - drop)
+
+    def needed(label: str, at: float) -> float:
+        value = tokens_at_accuracy(_frontier(table, label, accuracy, tokens), at)
+        return value if math.isfinite(value) else math.inf
+
+    def best(candidates: list[str]) -> str:
+        if not candidates:
+            raise ValueError("the sweep has no finished variant of this kind to choose from")
+        return min(candidates, key=lambda label: (needed(label, target), needed(label, target - drop), label))
+
+    labels = table.labels()
+    sequence = [label for label in labels if table.method(label) in SEQUENCE_LEVEL]
+    token = [label for label in labels if table.method(label) in TOKEN_LEVEL and table.method(label) not in ABLATIONS]
+    comparator, token_level = best(sequence), best(token)
+    return PairChoice(
+        token_level=token_level, comparator=comparator,
+        token_level_grid=confirmatory_grid(table, token_level, accuracy, tokens, target),
+        comparator_grid=confirmatory_grid(table, comparator, accuracy, tokens, target),
+        tokens={label: needed(label, target) for label in sequence + token}, target_accuracy=target,
+        token_level_candidates=len(token), comparator_candidates=len(sequence))
+
+
+def confirmatory_methods(table: StudyTable, choice: PairChoice) -> dict[str, dict[str, Any]]:
+    """The confirmatory study's variants: the anchors, the pair on its grids, and the token-level variant's ablation."""
+    variants: dict[str, dict[str, Any]] = {"none": {"method": "none"}}
+    chosen = table.variants[choice.token_level]
+    if METHODS[chosen["method"]].trainer == "ppo":
+        task_critic = (chosen.get("options") or {}).get("task_critic_model_name_or_path")
+        variants["ppo_none"] = {"method": "ppo_none", **({"options": {"task_critic_model_name_or_path": task_critic}}
+                                                          if task_critic else {})}
+    for label, grid in ((choice.comparator, choice.comparator_grid), (choice.token_level, choice.token_level_grid)):
+        variant = table.variants[label]
+        variants[label] = {"method": variant["method"], "grid": grid, "options": dict(variant.get("options") or {})}
+    if chosen["method"] == "lenvm":
+        options = dict(chosen.get("options") or {})
+        suffix = f"/{options['scale_rewards']}" if "scale_rewards" in options else ""
+        variants[f"lenvm_seq{suffix}"] = {"method": "lenvm_seq", "grid": choice.token_level_grid, "options": options}
+    return variants
