@@ -10,6 +10,7 @@ policy = AutoModelForCausalLM.from_pretrained("runs/tiny-policy")
 critic = LengthCritic(LengthValueModel.from_pretrained("runs/tiny-critic"), eos_token_ids=[tokenizer.eos_token_id])
 optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, weight_decay=0.0)
 prompts, answers, group = ["add 3 5", "add 2 4 1", "add 6 1 2 3"], ["8", "7", "12"], 4   # 4 samples per prompt
+length_coef = 0.125  # LenVMGRPOConfig's default, the knee of the study's frontier (1.0 collapsed SmolLM2)
 
 for step in range(3):
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
@@ -31,7 +32,7 @@ for step in range(3):
     length_advantages = relative_length_advantages(                                  # scale-free, gated (B, T)
         values, completion_mask, critic.gamma, group_size=group, lam=0.95, terminated=terminated,
         passed=rewards >= 1.0)                                                       # only correct answers earn it
-    advantages = (task_advantages[:, None] + 1.0 * length_advantages) * completion_mask     # (B, T)
+    advantages = (task_advantages[:, None] + length_coef * length_advantages) * completion_mask  # (B, T)
 
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
@@ -42,5 +43,7 @@ for step in range(3):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
+    # The tiny policy is barely trained: its reward is near 0 and three steps of REINFORCE at this learning rate can
+    # move it either way; the loop shows the shapes and the calls, `lenvm-rl demo` shows the term working.
     print(f"step {step}: reward {rewards.mean():.2f}, gate pass {(rewards >= 1).float().mean():.2f}, "
           f"truncated {(~terminated).float().mean():.2f}, loss {loss.item():+.4f}")

@@ -47,6 +47,35 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _check_recipe_keys(argv: Sequence[str], dataclasses: Sequence[type]) -> None:
+    """Refuse a ``--config`` recipe key that no dataclass of the job has, naming the nearest field, before any field
+    is parsed (so that a typo is reported as a typo, not as whatever check a misread value trips first)."""
+    import dataclasses as dc
+    import difflib
+
+    if "--config" not in argv:
+        return
+    index = list(argv).index("--config")
+    if index + 1 >= len(argv):
+        return
+    path = argv[index + 1]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"recipe {path} does not exist")
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        recipe = yaml.safe_load(handle) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping of field: value, got {type(recipe).__name__}")
+    known = {f.name for cls in dataclasses for f in dc.fields(cls)}
+    for key in recipe:
+        if key in known or key == "env":  # TrlParser reads `env` itself
+            continue
+        nearest = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+        raise ValueError(f"{path}: unknown field {key!r}{hint}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -63,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     description = (job.DATACLASSES[0].__doc__ or help_text).strip()
     parser = TrlParser(job.DATACLASSES, prog=f"lenvm-rl {name}", description=description)
     try:
+        _check_recipe_keys(rest, job.DATACLASSES)
         parsed = parser.parse_args_and_config(rest)
         job.main(*parsed)
     except (ValueError, KeyError, FileNotFoundError) as error:

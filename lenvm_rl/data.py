@@ -37,25 +37,55 @@ _FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv
 
 
 def looks_like_local_path(name: str | os.PathLike) -> bool:
-    """Whether ``name`` is meant as a local path rather than a hub id ``org/name``: it exists, starts with ``.``,
-    ``/`` or ``~``, has more than one path separator, or its parent directory exists here (``runs/tiny-polcy`` when
-    ``runs/`` exists)."""
+    """Whether ``name`` can only be a local path, never a hub id ``org/name``: it exists, starts with ``.``, ``/`` or
+    ``~``, or has more than one path separator. Decided from the name alone, so that the answer never depends on
+    which unrelated folders the working directory happens to hold (``runs/x`` reads as a hub id until it exists)."""
     text = str(name)
     path = Path(text).expanduser()
     if path.exists() or text.startswith((".", "/", "~")) or path.is_absolute():
         return True
-    if os.sep in text and text.count(os.sep) > 1:
-        return True
-    return os.sep in text and path.parent.is_dir()
+    return os.sep in text and text.count(os.sep) > 1
 
 
-def check_local_path(name: str | os.PathLike | None, what: str) -> None:
-    """Raise ``FileNotFoundError("<what> <name> does not exist")`` at once when ``name`` looks like a local path
-    (:func:`looks_like_local_path`) but is not there, instead of letting transformers try the hub with it."""
+_HUB_REACHABLE: dict[str, str | None] = {}
+
+
+def hub_unreachable_reason() -> str | None:
+    """Why the Hugging Face hub cannot be reached (``"offline"`` when ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is
+    set, or the failed connection), or None when it answers. One 3-second connection attempt per process, so that a
+    bare name that is neither a folder here nor reachable on the hub fails at once instead of after a minute of
+    retries."""
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
+            return "offline"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if endpoint not in _HUB_REACHABLE:
+        import socket
+        from urllib.parse import urlparse
+
+        parsed = urlparse(endpoint)
+        try:
+            socket.create_connection((parsed.hostname or "huggingface.co", parsed.port or 443), timeout=3).close()
+            _HUB_REACHABLE[endpoint] = None
+        except OSError as error:
+            _HUB_REACHABLE[endpoint] = f"no connection to {parsed.hostname}: {error.strerror or error}"
+    return _HUB_REACHABLE[endpoint]
+
+
+def check_local_path(name: str | os.PathLike | None, what: str, hub: bool = True) -> None:
+    """Fail at once, naming ``what``, when ``name`` cannot be loaded: a local path (:func:`looks_like_local_path`)
+    that is not there (``"<what> <name> does not exist"``), or, for things that may live on the hub (``hub``), a name
+    that is not a local folder while the hub is unreachable (``"<what> <name> is not a local directory, and the hub
+    is unreachable (offline)"``). A hub id with the hub reachable is left to transformers."""
     if name is None:
         return
-    if looks_like_local_path(name) and not Path(str(name)).expanduser().exists():
+    if Path(str(name)).expanduser().exists():
+        return
+    if looks_like_local_path(name) or not hub:
         raise FileNotFoundError(f"{what} {name} does not exist")
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise FileNotFoundError(f"{what} {name} is not a local directory, and the hub is unreachable ({reason})")
 
 
 def load_prompt_dataset(
@@ -83,9 +113,8 @@ def load_prompt_dataset(
         data = loaded
     elif path.exists():
         raise FileNotFoundError(f"prompt dataset {dataset} is neither a file nor a saved dataset directory")
-    elif looks_like_local_path(dataset):
-        raise FileNotFoundError(f"prompt dataset {dataset} does not exist")
     else:
+        check_local_path(dataset, "prompt dataset")
         data = load_dataset(dataset, config_name, split=split)
     if column not in data.column_names:
         raise ValueError(f"{dataset}: prompt column {column!r} not found (the dataset has no column {column!r}); "

@@ -202,7 +202,11 @@ def plot_error_by_position(evaluation: CriticEvaluation, path: str | Path) -> No
     ax.bar(labels, errors, color="C0")
     ax.set_xlabel("position in the completion")
     ax.set_ylabel("mean |predicted - realized| / realized")
-    ax.set_title("remaining-length error by position")
+    ax.set_title("remaining-length error by position (per sample)")
+    # Why these exceed the prompt-level MRE: each sample's realized length is compared with the critic's expectation
+    # over samples, so the policy's own length spread counts as error here and averages out in the MRE.
+    fig.text(0.01, -0.02, "per sampled completion against an expectation over samples: includes the policy's own "
+             "length variance,\nso it is larger than the per-prompt MRE", fontsize=7, ha="left", va="top")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -218,7 +222,7 @@ def save_figure(fig: Any, path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")  # no clipped axis labels
         os.replace(tmp, path)
     finally:
         plt.close(fig)

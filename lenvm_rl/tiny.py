@@ -163,8 +163,8 @@ def fit_causal_lm(
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    check_local_path(model_dir, "model directory")
-    check_local_path(data_file, "fit data")
+    check_local_path(model_dir, "model directory", hub=False)
+    check_local_path(data_file, "fit data", hub=False)
     model_dir = Path(model_dir)
     output_dir = Path(output_dir) if output_dir is not None else model_dir
     table = load_prompt_dataset(str(data_file), column=prompt_column)

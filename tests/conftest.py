@@ -15,7 +15,8 @@ import torch  # noqa: E402
 
 from lenvm_rl.tiny import build_tiny_tokenizer, save_tiny_causal_lm  # noqa: E402
 
-torch.set_num_threads(2)
+# honour OMP_NUM_THREADS (the README's advice for busy machines); 2 threads otherwise
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
 
 
 @pytest.fixture(scope="session")

@@ -102,16 +102,23 @@ MISSING_PATHS = {
 }
 
 
+LOCAL_ONLY = {"eval-critic-rollouts", "train-critic-rollouts", "make-tiny-model-fit-data"}
+
+
 @pytest.mark.parametrize("case", sorted(MISSING_PATHS))
 def test_a_mistyped_local_path_fails_at_once_with_exit_2(case, tmp_path, monkeypatch, capsys):
-    """`runs/` exists, so `runs/tiny-polcy` is meant as a local path: never sent to the hub, never a traceback."""
+    """A mistyped name fails at once in one line, exit 2, whether `runs/` exists or not: never a traceback."""
     argv, named = MISSING_PATHS[case]
     (tmp_path / "runs" / "here").mkdir(parents=True)
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "add 3 5", "answer": "8"}\n')
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"lenvm-rl {argv[0]}: error: {named} does not exist" in err, err
+    # local-only inputs do not exist; anything that may be a hub id is not here and the hub is offline (conftest)
+    problem = ("does not exist" if case in LOCAL_ONLY
+               else "is not a local directory, and the hub is unreachable (offline)")
+    assert f"lenvm-rl {argv[0]}: error: {named} {problem}" in err, err
+    assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
     assert not (tmp_path / "runs" / "out").exists() and not (tmp_path / "runs" / "out.jsonl").exists()
 
@@ -122,3 +129,19 @@ def test_looks_like_local_path():
     assert not looks_like_local_path("Qwen/Qwen2.5-0.5B-Instruct")  # a hub id
     assert looks_like_local_path("./tiny-policy") and looks_like_local_path("/abs/tiny-policy")
     assert looks_like_local_path("runs/a/b")
+
+
+def test_local_or_hub_does_not_depend_on_unrelated_folders(tmp_path, monkeypatch):
+    from lenvm_rl.data import check_local_path, looks_like_local_path
+
+    monkeypatch.chdir(tmp_path)
+    before = looks_like_local_path("runs/tiny-polcy")
+    (tmp_path / "runs").mkdir()
+    assert looks_like_local_path("runs/tiny-polcy") == before is False
+    with pytest.raises(FileNotFoundError, match=r"^policy tiny-policy is not a local directory, and the hub is "
+                                                r"unreachable \(offline\)$"):
+        check_local_path("tiny-policy", "policy")
+    with pytest.raises(FileNotFoundError, match="^fit data runs/x.jsonl does not exist$"):
+        check_local_path("runs/x.jsonl", "fit data", hub=False)
+    (tmp_path / "runs" / "tiny-polcy").mkdir()
+    check_local_path("runs/tiny-polcy", "policy")  # it exists now: nothing to say

@@ -47,8 +47,8 @@ def finished(tmp_path_factory):
 
 def test_tiny_study_end_to_end(finished):
     report = (finished / "report.md").read_text()
-    assert report.splitlines()[0].startswith("Headline: ")
-    assert "SMOKE TEST" in report
+    assert report.splitlines()[0].startswith("> **SMOKE TEST.**")  # the banner before any number
+    assert report.splitlines()[2].startswith("Headline: ")
     for section in ("## Tokens at matched accuracy", "## Accuracy at matched tokens", "## Every configuration",
                     "## Critic", "## Stage wall times", "ideal (analytic)", "starting policy"):
         assert section in report, section
@@ -199,3 +199,30 @@ def test_preregister_refuses_bad_seeds(finished, tmp_path, capsys, flags, messag
 def test_preregister_needs_a_finished_sweep(tmp_path, capsys):
     assert main(["preregister", "--sweep", str(tmp_path / "nothing"), "--output", str(tmp_path / "c.yaml")]) == 2
     assert "must be the output_dir of a finished `lenvm-rl study`" in capsys.readouterr().err
+
+
+def test_a_rerun_that_skips_every_run_keeps_the_stage_times(finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(finished, out)
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(out))
+    assert main(["study", "--config", str(recipe)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Stage wall times" in report and "| warm-up |" in report
+
+
+def test_recipe_key_typo_names_the_nearest_field(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"))
+    recipe.write_text(recipe.read_text().replace("seeds:", "seed:"))
+    assert main(["study", "--config", str(recipe)]) == 2
+    assert "unknown field 'seed'; did you mean 'seeds'?" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_length_bonus_grid_is_refused(tmp_path, capsys):
+    methods = {"none": {"method": "none"}, "lin": {"method": "linear", "grid": [-0.5],
+                                                   "options": {"scale_rewards": "batch"}}}
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"), methods=methods)
+    assert main(["study", "--config", str(recipe)]) == 2
+    assert "makes a length method reward length" in capsys.readouterr().err

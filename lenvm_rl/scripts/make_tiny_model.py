@@ -40,7 +40,7 @@ def main(args: MakeTinyModelArguments) -> None:
     from ..tiny import fit_causal_lm, save_tiny_causal_lm
 
     if args.fit_data is not None:
-        check_local_path(args.fit_data, "fit_data")
+        check_local_path(args.fit_data, "fit_data", hub=False)
         if args.fit_steps < 1:
             raise ValueError(f"fit_steps must be ≥ 1, got {args.fit_steps}")
     path = save_tiny_causal_lm(

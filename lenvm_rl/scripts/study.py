@@ -194,6 +194,10 @@ class StudyConfig:
                     raise ValueError(f"{where}: grid is empty; give the coefficients to run, e.g. [0.1, 0.2, 0.4]")
                 if any(not isinstance(c, (int, float)) or not math.isfinite(c) for c in grid):
                     raise ValueError(f"{where}: grid must hold finite numbers, got {grid}")
+                if any(c <= 0 for c in grid):
+                    raise ValueError(f"{where}: grid {grid} holds coefficients ≤ 0; a negative coefficient makes a "
+                                     "length method reward length (and 0 is the 'none' variant); every study "
+                                     "coefficient must be > 0")
             elif variant.get("grid") not in (None, [0], [0.0]):
                 raise ValueError(f"{where}: method {variant['method']!r} has no coefficient; drop its grid")
         from ..study.methods import expand_normalizations, normalization_gaps

@@ -212,11 +212,13 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     prompt_table = json.loads((out / "eval_prompts.json").read_text()) if (out / "eval_prompts.json").exists() else {}
     critic = json.loads((out / "critic_metrics.json").read_text()) if (out / "critic_metrics.json").exists() else None
 
-    lines = [_headline(point, boot, per_seed, head, comparator, len(baselines), drops), ""]
-    if config.smoke:
+    lines = []
+    if config.smoke:  # first, before any number that could be read as a result
         lines += ["> **SMOKE TEST.** This run is sized to exercise every stage in minutes; its policies are barely "
-                  "trained and its numbers mean nothing. Run the full study (`lenvm-rl study --config "
-                  "recipes/study/full.yaml`) or the demo for results.", ""]
+                  "trained and its numbers mean nothing. Run the studies in `recipes/study/` or the demo for "
+                  "results.", ""]
+    lines += [_headline(point, boot, per_seed, head, comparator, len(baselines), drops), ""]
+    stage_seconds = _merged_stage_seconds(out, stage_seconds)
     total_runs = len(config.variants()) * len(config.seeds)
     seconds = sum(r["seconds"] for r in results)
     lines += [f"Command: `{config.command or 'lenvm-rl study'}`. {len(results)} of {total_runs} runs finished "
@@ -264,15 +266,27 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     lines += ["Plot: `accuracy_vs_tokens.png` (left: every run with 95% intervals, labelled by coefficient; right: "
               "each variant's Pareto frontier).", ""]
     write_text_atomically(out / "report.md", "\n".join(lines))
-    report = {"headline": lines[0], "point": point,
+    report = {"headline": next(line for line in lines if line.startswith("Headline")), "point": point,
               "intervals": {key: list(percentile_interval(value)) for key, value in boot.items()},
               "per_seed": {key: value.tolist() for key, value in per_seed.items() if "ratio" in key},
               "seed_intervals": {key: list(t_interval(value)) for key, value in per_seed.items() if "ratio" in key},
               "greedy_point": deployed[0] if deployed else None,
               "configs": [list(c) for c in table.configs], "seeds": table.seeds, "stage_seconds": stage_seconds}
     write_text_atomically(out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
-    _plot(out, table, accuracy, tokens, boot, start, prompt_table)
+    _plot(out, table, accuracy, tokens, boot, start, prompt_table,
+          target=point["none_accuracy"] - drops[0] if drops else None)
     return report
+
+
+def _merged_stage_seconds(out: Path, stage_seconds: dict[str, float]) -> dict[str, float]:
+    """Every stage's wall time over all invocations of the study (``stage_seconds.json``): a rerun that skips
+    finished stages keeps their times in the report."""
+    path = out / "stage_seconds.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(stage_seconds)
+    if stage_seconds:
+        write_text_atomically(path, json.dumps(merged, indent=1) + "\n")
+    return merged
 
 
 def _headline(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
@@ -287,10 +301,9 @@ def _headline(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: di
     if not math.isfinite(ratio):
         return (f"Headline: at the no-length-term accuracy minus {100 * drops[0]:g} point(s), `{head}` or {against} "
                 "is off its frontier; no matched-accuracy ratio.")
-    low, high = t_interval(per_seed.get(key, []))
     b_low, b_high = percentile_interval(boot[key])
     return (f"Headline: `{head}` uses {ratio:.2f}× the tokens of {against} at matched accuracy "
-            f"(−{100 * drops[0]:g} pt; 95% CI over seeds {_fmt(low, 2)}–{_fmt(high, 2)}, "
+            f"(−{100 * drops[0]:g} pt; 95% CI over seeds {_seed_interval(per_seed, key)}, "
             f"n = {int(np.isfinite(per_seed.get(key, np.array([]))).sum())}; bootstrap {b_low:.2f}–{b_high:.2f})")
 
 
@@ -324,21 +337,21 @@ def _targets_section(point: dict[str, float], boot: dict[str, np.ndarray], per_s
     lines = ["## Targets", ""]
     key = f"ratio@-{drops[0]:g}"
     ratio = point.get(key, float("nan"))
-    low, high = t_interval(per_seed.get(key, []))
+    _, high = t_interval(per_seed.get(key, []))
     met = math.isfinite(ratio) and ratio <= 0.85 and math.isfinite(high) and high < 1.0
     lines.append(f"- `{head}` at ≤ 0.85× the tokens of the comparator at matched accuracy (no length term − "
                  f"{100 * drops[0]:g} point), seed-level interval excluding 1.0: "
                  f"**{'met' if met else 'missed'}** (ratio {_fmt(ratio, 2)}, 95% CI over seeds "
-                 f"{_fmt(low, 2)}–{_fmt(high, 2)}).")
+                 f"{_seed_interval(per_seed, key)}).")
     if ablation is not None:
         key = f"ablation_ratio@-{drops[0]:g}"
         ratio = point.get(key, float("nan"))
-        low, high = t_interval(per_seed.get(key, []))
+        _, high = t_interval(per_seed.get(key, []))
         met = math.isfinite(high) and high < 1.0
         lines.append(f"- Ahead of its own sequence-level ablation (`{ablation}`, which broadcasts each completion's "
                      f"normalized length outcome to every token as GRPO does) by a margin outside seed noise: "
                      f"**{'met' if met else 'missed'}** (token ratio {_fmt(ratio, 2)}, 95% CI over seeds "
-                     f"{_fmt(low, 2)}–{_fmt(high, 2)}).")
+                     f"{_seed_interval(per_seed, key)}).")
     return lines + [""]
 
 
@@ -357,7 +370,7 @@ def _per_seed(table: StudyTable, statistic: Any, correct: str, tokens: str) -> d
 
 def _seed_interval(per_seed: dict[str, np.ndarray], key: str, digits: int = 2) -> str:
     low, high = t_interval(per_seed.get(key, []))
-    return "–" if not math.isfinite(low) else f"{low:.{digits}f}–{high:.{digits}f}"
+    return "none with < 2 seeds" if not math.isfinite(low) else f"{low:.{digits}f}–{high:.{digits}f}"
 
 
 def _deployed_section(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
@@ -538,7 +551,7 @@ def _forced_section(start: dict[str, Any], difficulty: list[Any]) -> list[str]:
 
 
 def _plot(out: Path, table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray, boot: dict[str, np.ndarray],
-          start: dict[str, Any] | None, prompt_table: dict[str, Any]) -> None:
+          start: dict[str, Any] | None, prompt_table: dict[str, Any], target: float | None = None) -> None:
     try:
         import matplotlib
     except ImportError:  # the report is complete without the picture
@@ -570,9 +583,10 @@ def _plot(out: Path, table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray
         style = "-" if table.method(label) not in SEQUENCE_LEVEL else "--"
         left.errorbar(tokens[indices], accuracy[indices], xerr=np.abs(xerr), yerr=np.abs(yerr), fmt="o",
                       color=f"C{color % 10}", markersize=4, capsize=2, label=label)
-        for i in indices:
+        for k, i in enumerate(indices):  # alternate the label side so neighbouring points do not overprint
             left.annotate(f"{table.configs[i][1]:g}", (tokens[i], accuracy[i]), fontsize=6,
-                          xytext=(3, 3), textcoords="offset points", color=f"C{color % 10}")
+                          xytext=(4 if k % 2 == 0 else -4, 4 if (k + color) % 2 == 0 else -8),
+                          ha="left" if k % 2 == 0 else "right", textcoords="offset points", color=f"C{color % 10}")
         frontier = _frontier(table, label, accuracy, tokens)
         right.plot([p[0] for p in frontier], [p[1] for p in frontier], style, marker="o", markersize=3,
                    color=f"C{color % 10}", label=label)
@@ -582,6 +596,11 @@ def _plot(out: Path, table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray
         ax.set_xlabel("mean completion tokens (held-out prompts, sampled)")
         ax.grid(alpha=0.3)
     left.set_ylabel("accuracy")
+    if target is not None:
+        for ax in (left, right):
+            ax.axhline(target, color="grey", linestyle=":", linewidth=1,
+                       label="headline accuracy (no length term − drop)")
+    left.legend(fontsize=6, loc="lower right", ncol=2)
     right.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     save_figure(fig, out / "accuracy_vs_tokens.png")
