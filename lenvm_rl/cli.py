@@ -47,6 +47,38 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _field_owner(cls: type, name: str) -> type:
+    """The class in ``cls``'s MRO that declares field ``name`` last (a subclass redeclaring it owns it)."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__.get("__annotations__", {}):
+            return klass
+    return cls
+
+
+def _own_help(name: str, description: str, dataclasses: Sequence[type]) -> str:
+    """``--help`` of a job: the project's own options (a few dozen lines), and a count of the TRL/transformers
+    options inherited by its configs, which ``--help-all`` lists (TRL's GRPOConfig alone has hundreds)."""
+    import dataclasses as dc
+
+    lines = [f"usage: lenvm-rl {name} [--config recipe.yaml] [--option value ...]", "", description, "",
+             "options of lenvm_rl:"]
+    inherited: dict[str, int] = {}
+    for cls in dataclasses:
+        for f in dc.fields(cls):
+            owner = _field_owner(cls, f.name)
+            if not owner.__module__.startswith("lenvm_rl"):
+                inherited[owner.__name__] = inherited.get(owner.__name__, 0) + 1
+                continue
+            default = f.default if f.default is not dc.MISSING else (
+                "(required)" if f.default_factory is dc.MISSING else f.default_factory())
+            lines.append(f"  --{f.name} (default: {default!r})")
+            lines.append(f"      {f.metadata.get('help', '')}")
+    if inherited:
+        counted = ", ".join(f"{count} of {owner}" for owner, count in inherited.items())
+        lines += ["", f"Inherited options ({counted}): `lenvm-rl {name} --help-all` lists every one."]
+    return "\n".join(lines)
+
+
 def _check_recipe_keys(argv: Sequence[str], dataclasses: Sequence[type]) -> None:
     """Refuse a ``--config`` recipe key that no dataclass of the job has, naming the nearest field, before any field
     is parsed (so that a typo is reported as a typo, not as whatever check a misread value trips first)."""
@@ -90,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trl import TrlParser
 
     description = (job.DATACLASSES[0].__doc__ or help_text).strip()
+    if "--help-all" in rest:
+        rest = ["--help" if arg == "--help-all" else arg for arg in rest]
+    elif "-h" in rest or "--help" in rest:
+        print(_own_help(name, description, job.DATACLASSES))
+        return 0
     parser = TrlParser(job.DATACLASSES, prog=f"lenvm-rl {name}", description=description)
     try:
         _check_recipe_keys(rest, job.DATACLASSES)

@@ -145,3 +145,11 @@ def test_local_or_hub_does_not_depend_on_unrelated_folders(tmp_path, monkeypatch
         check_local_path("runs/x.jsonl", "fit data", hub=False)
     (tmp_path / "runs" / "tiny-polcy").mkdir()
     check_local_path("runs/tiny-polcy", "policy")  # it exists now: nothing to say
+
+
+def test_job_help_shows_the_project_options_and_counts_the_rest(capsys):
+    assert main(["grpo", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 120, len(out.splitlines())
+    assert "--length_coef (default: 0.125)" in out and "--help-all" in out
+    assert "--per_device_train_batch_size" not in out  # TrainingArguments' options wait for --help-all

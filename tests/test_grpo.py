@@ -304,3 +304,28 @@ def test_critic_scores_in_eval_mode_even_with_dropout(tmp_path, prompts):
     second = trainer.score_lengths(batch["input_ids"], batch["attention_mask"], completion, completion_mask)
     assert torch.equal(first, second)
     assert not unwrap.training
+
+
+def test_no_args_builds_a_default_config_like_grpo_trainer(tiny_model_dir, prompts, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="no args and no critic: it runs as plain GRPO"):
+        trainer = LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=parity_reward, train_dataset=prompts)
+    assert isinstance(trainer.args, LenVMGRPOConfig) and trainer.args.length_mode == "none"
+    assert trainer.args.output_dir.endswith("-LenVM-GRPO") and trainer.length_critic is None
+
+
+def test_gate_on_a_reward_model_with_the_default_threshold_is_refused(make_constant_critic, tiny_model_dir, prompts,
+                                                                      tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    reward_model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_units="value", **COMMON)
+    with pytest.raises(ValueError, match="whose scores are continuous"):
+        LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=reward_model, args=args, train_dataset=prompts,
+                         critic=make_constant_critic(-0.5), critic_processing_class=build_tiny_tokenizer(),
+                         reward_processing_classes=AutoTokenizer.from_pretrained(tiny_model_dir))
+    args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_units="value", length_gate_threshold=0.3,
+                           **COMMON)
+    LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=reward_model, args=args, train_dataset=prompts,
+                     critic=make_constant_critic(-0.5), critic_processing_class=build_tiny_tokenizer(),
+                     reward_processing_classes=AutoTokenizer.from_pretrained(tiny_model_dir))

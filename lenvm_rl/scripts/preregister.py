@@ -88,7 +88,12 @@ def preregister(args: PreregisterArguments) -> dict:
     header = (f"# Confirmatory study, pre-registered from the sweep {sweep} (seeds {config['seeds']}) by "
               "`lenvm-rl preregister`;\n# its headline compares exactly the pair below on seeds the sweep never "
               f"used.\n# Run:  OMP_NUM_THREADS=1 lenvm-rl study --config {args.output}\n")
-    write_text_atomically(Path(args.output), header + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+    class _NoAliases(yaml.SafeDumper):  # a recipe is read by people: write shared grids out, no &id anchors
+        def ignore_aliases(self, data: object) -> bool:
+            return True
+
+    text = yaml.dump(recipe, Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=110)
+    write_text_atomically(Path(args.output), header + text)
     return recipe
 
 

@@ -290,7 +290,16 @@ class LenVMGRPOTrainer(GRPOTrainer):
                  critic: LengthValueModel | str | None = None, critic_processing_class: Any = None,
                  length_coef_fn: Callable[[int], float] | None = None, **kwargs: Any):
         if args is None:
-            raise ValueError("LenVMGRPOTrainer needs a LenVMGRPOConfig (args)")
+            # as GRPOTrainer does: a default config named after the model; without a critic that is plain GRPO
+            name = (model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path",
+                                                                   "model")).rstrip("/").split("/")[-1]
+            if critic is None:
+                warnings.warn("LenVMGRPOTrainer got no args and no critic: it runs as plain GRPO "
+                              "(length_mode='none'); pass a LenVMGRPOConfig and a critic for the length term",
+                              stacklevel=2)
+            # bf16 only where it runs (GRPOConfig's bf16 default refuses a CPU-only machine)
+            args = LenVMGRPOConfig(output_dir=f"{name}-LenVM-GRPO", bf16=torch.cuda.is_available(),
+                                   length_mode="advantage" if critic is not None else "none")
         if not isinstance(args, LenVMGRPOConfig):
             raise TypeError(f"args must be a LenVMGRPOConfig, got {type(args).__name__}")
         self.length_coef_fn = length_coef_fn
@@ -303,6 +312,7 @@ class LenVMGRPOTrainer(GRPOTrainer):
                 _check_critic_for_zero3(critic_model, args.critic_zero3)  # before the policy is even loaded
         super().__init__(model, reward_funcs, args, **kwargs)
         self.gate_reward_indices = self._resolve_gate_reward_funcs()
+        self._check_gate_reads_scores(args)
         self.length_critic: LengthCritic | None = None
         if critic_model is None:
             return
@@ -326,6 +336,19 @@ class LenVMGRPOTrainer(GRPOTrainer):
             critic_model = self.accelerator.prepare_model(critic_model, evaluation_mode=True, device_placement=True)
         self.critic = critic_model
         self.length_critic = LengthCritic(critic_model, self.eos_token_ids, micro_batch_size=args.critic_batch_size)
+
+    def _check_gate_reads_scores(self, args: LenVMGRPOConfig) -> None:
+        """A reward *model* scores on a continuous scale that rarely reaches the default threshold 1.0, so a gate on
+        it would silently keep the length term off: refuse at start unless the threshold was set for it."""
+        if args.length_mode == "none" or args.length_gate != "success" or args.length_gate_threshold != 1.0:
+            return
+        models = [self.reward_func_names[i] for i in self.gate_reward_indices
+                  if isinstance(self.reward_funcs[i], torch.nn.Module)]
+        if models:
+            raise ValueError(f"the length gate reads the reward model(s) {models}, whose scores are continuous, with "
+                             "the default length_gate_threshold=1.0 made for 0/1 correctness rewards: set "
+                             "length_gate_threshold to the score that counts as success, point "
+                             "length_gate_reward_funcs at a correctness function, or use length_gate: none")
 
     def _resolve_gate_reward_funcs(self) -> list[int]:
         """Indices of the reward functions that define success (``length_gate_reward_funcs``; default the first)."""
