@@ -22,6 +22,8 @@ __all__ = ["main", "SUBCOMMANDS"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-model": ("make_tiny_model", "Write the built-in tiny causal LM and its tokenizer (no network needed)."),
     "init-critic": ("init_critic", "Build a LenVM critic on a decoder backbone, or import an upstream checkpoint."),
+    "fit-critic": ("fit_critic", "One command: rollouts of a policy → a LenVM critic (γ auto) → its held-out "
+                                 "evaluation, resumable."),
     "rollout": ("rollout", "Sample completions from a policy for critic training (resumable, split by prompt)."),
     "train-critic": ("train_critic", "Train a LenVM critic on rollouts (token-level loss, γ auto, LoRA, DeepSpeed)."),
     "eval-critic": ("eval_critic", "Evaluate a critic on held-out rollouts: MRE vs a constant baseline, plots."),

@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -376,13 +375,9 @@ def _warm_up(config: StudyConfig, out: Path) -> Path:
 
 
 def _train_critic(config: StudyConfig, policy: Path, train_rows: list[dict[str, Any]], out: Path) -> tuple[str, dict]:
-    """Rollouts of the starting policy → a LenVM critic (γ auto) → its held-out metrics."""
-    from trl import ModelConfig
-
-    from ..rollout import RolloutConfig, generate_rollouts
-    from ..trainer.critic import LenVMConfig
-    from .eval_critic import EvalCriticArguments, evaluate_critic
-    from .train_critic import CriticScriptArguments, train_critic
+    """Rollouts of the starting policy → a LenVM critic (γ auto) → its held-out metrics (``lenvm-rl fit-critic``
+    on a sample of the training prompts)."""
+    from .fit_critic import FitCriticArguments, fit_critic
 
     critic, metrics_file = out / "critic", out / "critic-eval" / "metrics.json"
     if (critic / "config.json").exists() and metrics_file.exists():
@@ -391,22 +386,12 @@ def _train_critic(config: StudyConfig, policy: Path, train_rows: list[dict[str, 
     rng = random.Random(config.data_seed + 2)
     rows = rng.sample(train_rows, min(config.critic_rollout_prompts, len(train_rows)))
     write_text_atomically(prompts_file, "".join(json.dumps(row) + "\n" for row in rows))
-    generate_rollouts(RolloutConfig(
-        policy=str(policy), dataset=str(prompts_file), output_dir=str(out / "rollouts"), prompt_column=
-        config.prompt_column, num_samples=config.critic_rollout_samples, temperature=1.0,
-        max_new_tokens=config.max_completion_length, eval_fraction=0.25, seed=config.data_seed, prompts_per_batch=64,
-        device=config.device))
-    args = LenVMConfig(output_dir=str(critic), max_steps=config.critic_steps, per_device_train_batch_size=32,
-                       learning_rate=config.critic_learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
-                       use_cpu=config.device == "cpu", report_to="none", logging_steps=max(1, config.critic_steps // 5),
-                       save_strategy="no", eval_strategy="no", seed=config.data_seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # truncated rollouts are dropped and counted in the metrics
-        train_critic(CriticScriptArguments(rollouts=str(out / "rollouts")), args,
-                     ModelConfig(model_name_or_path=str(policy)))
-        metrics = evaluate_critic(EvalCriticArguments(critic=str(critic), rollouts=str(out / "rollouts"),
-                                                      output_dir=str(out / "critic-eval"), device=config.device))
-    return str(critic), metrics
+    return fit_critic(FitCriticArguments(
+        policy=str(policy), dataset=str(prompts_file), output_dir=str(out), prompt_column=config.prompt_column,
+        num_samples=config.critic_rollout_samples, max_new_tokens=config.max_completion_length, eval_fraction=0.25,
+        prompts_per_batch=64, max_steps=config.critic_steps, batch_size=32, learning_rate=config.critic_learning_rate,
+        seed=config.data_seed, device=config.device),
+        training_overrides={"logging_steps": max(1, config.critic_steps // 5)}, eval_dir="critic-eval")
 
 
 def _pretrain_task_critic(config: StudyConfig, policy: Path, out: Path,
