@@ -329,3 +329,20 @@ def test_gate_on_a_reward_model_with_the_default_threshold_is_refused(make_const
     LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=reward_model, args=args, train_dataset=prompts,
                      critic=make_constant_critic(-0.5), critic_processing_class=build_tiny_tokenizer(),
                      reward_processing_classes=AutoTokenizer.from_pretrained(tiny_model_dir))
+
+
+def test_outcome_drift_is_measured_from_the_first_batch_and_warns_when_stale(tiny_model_dir, prompts, tmp_path):
+    args = LenVMGRPOConfig(output_dir=str(tmp_path), max_steps=1, length_gate="none", **COMMON)
+    torch.manual_seed(0)
+    critic = LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9)
+    trainer = LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=constant_reward, args=args,
+                               train_dataset=prompts, critic=critic, critic_processing_class=build_tiny_tokenizer())
+    trainer.model.train()
+    rows = [{"prompt": prompts[i]["prompt"]} for i in range(2) for _ in range(4)]
+    trainer._generate_and_score_completions(rows)
+    trainer._generate_and_score_completions(rows)
+    logged = trainer._metrics["train"]
+    first, second = logged["length/outcome_mean"][:2]
+    assert logged["length/outcome_drift"][:2] == pytest.approx([0.0, second - first])
+    with pytest.warns(UserWarning, match="the critic is going stale"):
+        trainer._track_staleness(trainer._first_outcome_mean + 0.3)
