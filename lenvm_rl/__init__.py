@@ -82,9 +82,9 @@ _export("decoding.length_score", "length_deviation", "length_score", "summarize_
 _export("tiny", "build_tiny_tokenizer", "fit_causal_lm", "save_tiny_causal_lm", "tiny_decoder_config")
 _export("study.evaluate", "evaluate_policy")
 _export("study.methods", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "MethodSpec", "RunPlan", "check_method_options",
-        "plan_run")
+        "plan_run", "expand_normalizations", "normalization_of", "normalization_gaps", "run_fingerprint")
 _export("study.stats", "accuracy_at_tokens", "paired_bootstrap", "pareto_frontier", "percentile_interval",
-        "tokens_at_accuracy")
+        "tokens_at_accuracy", "student_t_quantile", "t_interval")
 _export("rewards", "SelfNormalizedLengthPenalty")
 
 __all__ = sorted(_EXPORTS)
@@ -186,13 +186,19 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         MethodSpec,
         RunPlan,
         check_method_options,
+        expand_normalizations,
+        normalization_gaps,
+        normalization_of,
         plan_run,
+        run_fingerprint,
     )
     from .study.stats import (
         accuracy_at_tokens,
         paired_bootstrap,
         pareto_frontier,
         percentile_interval,
+        student_t_quantile,
+        t_interval,
         tokens_at_accuracy,
     )
     from .tiny import build_tiny_tokenizer, fit_causal_lm, save_tiny_causal_lm, tiny_decoder_config

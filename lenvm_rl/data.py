@@ -72,17 +72,20 @@ def hub_unreachable_reason() -> str | None:
     return _HUB_REACHABLE[endpoint]
 
 
-def check_local_path(name: str | os.PathLike | None, what: str, hub: bool = True) -> None:
+def check_local_path(name: str | os.PathLike | None, what: str, hub: bool = True, check_hub: bool = True) -> None:
     """Fail at once, naming ``what``, when ``name`` cannot be loaded: a local path (:func:`looks_like_local_path`)
     that is not there (``"<what> <name> does not exist"``), or, for things that may live on the hub (``hub``), a name
     that is not a local folder while the hub is unreachable (``"<what> <name> is not a local directory, and the hub
-    is unreachable (offline)"``). A hub id with the hub reachable is left to transformers."""
+    is unreachable (offline)"``). A hub id with the hub reachable is left to transformers. ``check_hub=False`` skips
+    the hub question (a config that only describes a run, parsed where the run may never happen)."""
     if name is None:
         return
     if Path(str(name)).expanduser().exists():
         return
     if looks_like_local_path(name) or not hub:
         raise FileNotFoundError(f"{what} {name} does not exist")
+    if not check_hub:
+        return
     reason = hub_unreachable_reason()
     if reason is not None:
         raise FileNotFoundError(f"{what} {name} is not a local directory, and the hub is unreachable ({reason})")

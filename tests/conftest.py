@@ -89,3 +89,10 @@ def make_constant_critic(tiny_model_dir):
         return critic
 
     return build
+
+
+@pytest.fixture(autouse=True)
+def _run_in_an_empty_directory(tmp_path_factory, monkeypatch):
+    """Every test starts in an empty directory of its own: no test may depend on (or write into) the checkout's
+    working directory, e.g. a `runs/` left by the README's quick start."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

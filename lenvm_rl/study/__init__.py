@@ -4,8 +4,28 @@ The harness that runs it is the ``lenvm-rl study`` job (:mod:`lenvm_rl.scripts.s
 (and anyone comparing length methods in their own code) builds on."""
 
 from .evaluate import evaluate_policy
-from .methods import METHODS, SEQUENCE_LEVEL, TOKEN_LEVEL, MethodSpec, RunPlan, check_method_options, plan_run
-from .stats import accuracy_at_tokens, paired_bootstrap, pareto_frontier, percentile_interval, tokens_at_accuracy
+from .methods import (
+    METHODS,
+    SEQUENCE_LEVEL,
+    TOKEN_LEVEL,
+    MethodSpec,
+    RunPlan,
+    check_method_options,
+    expand_normalizations,
+    normalization_gaps,
+    normalization_of,
+    plan_run,
+    run_fingerprint,
+)
+from .stats import (
+    accuracy_at_tokens,
+    paired_bootstrap,
+    pareto_frontier,
+    percentile_interval,
+    student_t_quantile,
+    t_interval,
+    tokens_at_accuracy,
+)
 
 __all__ = [
     "METHODS",
@@ -16,9 +36,15 @@ __all__ = [
     "accuracy_at_tokens",
     "check_method_options",
     "evaluate_policy",
+    "expand_normalizations",
+    "normalization_gaps",
+    "normalization_of",
     "paired_bootstrap",
     "pareto_frontier",
     "percentile_interval",
     "plan_run",
+    "run_fingerprint",
+    "student_t_quantile",
+    "t_interval",
     "tokens_at_accuracy",
 ]

@@ -217,7 +217,8 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
         lines += ["> **SMOKE TEST.** This run is sized to exercise every stage in minutes; its policies are barely "
                   "trained and its numbers mean nothing. Run the studies in `recipes/study/` or the demo for "
                   "results.", ""]
-    lines += [_headline(point, boot, per_seed, head, comparator, len(baselines), drops), ""]
+    preregistered = bool(getattr(config, "preregistration", None))
+    lines += [_headline(point, boot, per_seed, head, comparator, len(baselines), drops, preregistered), ""]
     stage_seconds = _merged_stage_seconds(out, stage_seconds)
     total_runs = len(config.variants()) * len(config.seeds)
     seconds = sum(r["seconds"] for r in results)
@@ -290,12 +291,14 @@ def _merged_stage_seconds(out: Path, stage_seconds: dict[str, float]) -> dict[st
 
 
 def _headline(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
-              head: str | None, comparator: str | None, baselines: int, drops: Sequence[float]) -> str:
+              head: str | None, comparator: str | None, baselines: int, drops: Sequence[float],
+              preregistered: bool = False) -> str:
     if head is None or not drops:
         return "Headline: no token-level LenVM run finished; nothing to compare yet."
     key = f"ratio@-{drops[0]:g}"
     ratio = point.get(key, float("nan"))
-    against = (f"the pre-registered comparator `{comparator}`" if comparator is not None else
+    kind = "pre-registered comparator" if preregistered else "comparator"
+    against = (f"the {kind} `{comparator}`" if comparator is not None else
                f"the best of {baselines} sequence-level variants per replicate (exploratory: no comparator was "
                "pre-registered, and that minimum favours the baselines)")
     if not math.isfinite(ratio):
@@ -440,12 +443,17 @@ def _matched_sections(point: dict[str, float], boot: dict[str, np.ndarray], per_
             f"| {fraction:g} × ({fraction * point['none_tokens']:.1f}) | "
             f"{_fmt(point.get(f'accuracy@{fraction:g}/{head}', math.nan))} | "
             f"{_fmt(point.get(f'accuracy@{fraction:g}/{other}', math.nan))} | "
-            f"{_fmt(point.get(f'accuracy_gain@{fraction:g}', math.nan))} "
-            f"({_interval(boot.get(f'accuracy_gain@{fraction:g}'))}) | "
+            f"{_point_and_interval(point, boot, f'accuracy_gain@{fraction:g}')} | "
             f"{_fmt(point.get(f'accuracy@{fraction:g}/{ablation}', math.nan))} | "
-            f"{_fmt(point.get(f'ablation_accuracy_gain@{fraction:g}', math.nan))} "
-            f"({_interval(boot.get(f'ablation_accuracy_gain@{fraction:g}'))}) |")
+            f"{_point_and_interval(point, boot, f'ablation_accuracy_gain@{fraction:g}')} |")
     return lines + [""]
+
+
+def _point_and_interval(point: dict[str, float], boot: dict[str, np.ndarray], key: str) -> str:
+    """``value (interval)``, or ``–`` alone where the point itself is undefined (a frontier does not reach it: the
+    replicates that do would describe another quantity)."""
+    value = point.get(key, math.nan)
+    return "–" if not math.isfinite(value) else f"{_fmt(value)} ({_interval(boot.get(key))})"
 
 
 def _variants_section(point: dict[str, float], boot: dict[str, np.ndarray], variants: list[str],

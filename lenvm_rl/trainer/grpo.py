@@ -232,7 +232,8 @@ class LenVMGRPOConfig(GRPOConfig):
         if self.length_gate is None and self.length_mode == "advantage":
             self.length_gate = "success"
         if self.length_mode != "none":
-            check_local_path(self.critic_model_name_or_path, "critic_model_name_or_path")
+            # the job and the loader ask the hub question; a config may be parsed where the run never happens
+            check_local_path(self.critic_model_name_or_path, "critic_model_name_or_path", check_hub=False)
 
     def _length_modes(self) -> tuple[str, ...]:
         return LENGTH_MODES
