@@ -128,8 +128,9 @@ class LenVMGRPOConfig(GRPOConfig):
     length_coef: float = field(
         default=0.125, metadata={"help": "s (> 0 prefers shorter). With relative units, 1 = one batch std of length "
                                          "outcome earns what one std of task reward earns. The default is the knee "
-                                         "of the study's LenVM frontier (docs/study): about 2 points of accuracy for "
-                                         "a fifth fewer tokens there; 4x it collapsed to terse answers."}
+                                         "of an earlier study's frontier under group normalization; the knee moves "
+                                         "with normalization and policy (docs/method.md, 'Choosing length_coef'): "
+                                         "sweep it on your task."}
     )
     length_coef_schedule: str = field(
         default="constant", metadata={"help": "'constant' or 'linear_warmup' (0 → length_coef over the warm-up)."}
