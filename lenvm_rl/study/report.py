@@ -373,7 +373,7 @@ def _per_seed(table: StudyTable, statistic: Any, correct: str, tokens: str) -> d
 
 def _seed_interval(per_seed: dict[str, np.ndarray], key: str, digits: int = 2) -> str:
     low, high = t_interval(per_seed.get(key, []))
-    return "none with < 2 seeds" if not math.isfinite(low) else f"{low:.{digits}f}–{high:.{digits}f}"
+    return "– (needs ≥ 2 seeds)" if not math.isfinite(low) else f"{low:.{digits}f}–{high:.{digits}f}"
 
 
 def _deployed_section(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
