@@ -521,8 +521,6 @@ def relative_length_advantages(
     All ``N`` rows must be present (the groups and the batch statistics span them); under several processes gather
     first and slice after.
     """
-    if not 0.0 <= float(lam) <= 1.0:
-        raise ValueError(f"lam must lie in [0, 1], got {lam!r}")
     credits = relative_length_credits(values, completion_mask, gamma, terminated)
     normalized = normalize_length_credits(credits, completion_mask, group_size, passed, scale, placement, failed,
                                           min_scale)

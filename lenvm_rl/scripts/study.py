@@ -564,7 +564,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     runs = [(label, method, coef, seed) for seed in config.seeds for label, method, coef in config.variants()]
     run_names = {run: f"{run[0]} {run[2]:g} seed {run[3]}" for run in runs}
     finished = _finished_runs(config, out, runs)
-    from ..study.methods import METHODS
+    from ..study.methods import METHODS, run_fingerprint
 
     weight = {run: (1.6 if METHODS[run[1]].trainer == "ppo" else 1.0) for run in runs}
     stages = [("warm-up", 0.0 if config.policy != BUILTIN else config.warmup_steps / 150),
@@ -639,8 +639,6 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                              out)
             result["fingerprint"] = hashlib.sha256(json.dumps(config.fingerprint(), sort_keys=True).encode()
                                                    ).hexdigest()[:16]
-            from ..study.methods import run_fingerprint
-
             result["run"] = run_fingerprint(config.methods[label], coef)
             _write_json(_run_dir(out, label, coef, seed) / RESULT_FILE, result)
             clock.finish(name, started)

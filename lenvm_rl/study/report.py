@@ -413,11 +413,9 @@ def _matched_sections(point: dict[str, float], boot: dict[str, np.ndarray], per_
              "|---|---|---|---|---|---|---|"]
     none_accuracy = point["none_accuracy"]
     for drop in drops:
-        best_label = min(baselines, key=lambda b: point.get(f"tokens@-{drop:g}/{b}", math.inf)
-                         if math.isfinite(point.get(f"tokens@-{drop:g}/{b}", math.nan)) else math.inf,
-                         default=None)
-        if comparator:
-            best_label = comparator
+        best_label = comparator or min(baselines, key=lambda b: point.get(f"tokens@-{drop:g}/{b}", math.inf)
+                                       if math.isfinite(point.get(f"tokens@-{drop:g}/{b}", math.nan)) else math.inf,
+                                       default=None)
         lenvm = point.get(f"tokens@-{drop:g}/{head}", math.nan) if head else math.nan
         best = point.get(f"tokens@-{drop:g}/{comparator}" if comparator else f"tokens@-{drop:g}/best_baseline",
                          math.nan)
