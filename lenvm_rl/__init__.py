@@ -41,6 +41,7 @@ _export(
     "masked_whiten", "normalize_length_credits", "place_length_advantages", "potential_shaping",
     "relative_length_advantages",
     "relative_length_credits", "task_gae", "value_targets", "value_to_length",
+    "unbiased_length_credits", "process_advantages", "task_reward_scale", "settled_mask",
 )
 _export(
     "modeling",
@@ -80,7 +81,7 @@ _export(
 _export("decoding.prediction", "predict_length", "tokenize_prompts")
 _export("decoding.length_score", "length_deviation", "length_score", "summarize_length_control")
 _export("tiny", "build_tiny_tokenizer", "fit_causal_lm", "save_tiny_causal_lm", "tiny_decoder_config")
-_export("study.evaluate", "evaluate_policy")
+_export("study.evaluate", "EvaluateAtSteps", "evaluate_policy")
 _export("study.methods", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "MethodSpec", "RunPlan", "check_method_options",
         "plan_run", "expand_normalizations", "normalization_of", "normalization_gaps", "run_fingerprint")
 _export("study.stats", "accuracy_at_tokens", "paired_bootstrap", "pareto_frontier", "percentile_interval",
@@ -151,9 +152,13 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         normalize_length_credits,
         place_length_advantages,
         potential_shaping,
+        process_advantages,
         relative_length_advantages,
         relative_length_credits,
+        settled_mask,
         task_gae,
+        task_reward_scale,
+        unbiased_length_credits,
         value_targets,
         value_to_length,
     )
@@ -178,7 +183,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     )
     from .rollout import RolloutConfig, generate_rollouts, load_rollouts, sample_completions, save_rollouts
     from .signals import LengthCritic, LengthSignals, completion_mask_from_ids, gate_by_success, terminated_mask
-    from .study.evaluate import evaluate_policy
+    from .study.evaluate import EvaluateAtSteps, evaluate_policy
     from .study.methods import (
         METHODS,
         SEQUENCE_LEVEL,

@@ -24,6 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "init-critic": ("init_critic", "Build a LenVM critic on a decoder backbone, or import an upstream checkpoint."),
     "fit-critic": ("fit_critic", "One command: rollouts of a policy → a LenVM critic (γ auto) → its held-out "
                                  "evaluation, resumable."),
+    "fit-task-critic": ("fit_task_critic", "A frozen task critic for GRPO's per-token task credit, fitted to a "
+                                           "policy's rollouts and evaluated held out."),
     "rollout": ("rollout", "Sample completions from a policy for critic training (resumable, split by prompt)."),
     "train-critic": ("train_critic", "Train a LenVM critic on rollouts (token-level loss, γ auto, LoRA, DeepSpeed)."),
     "eval-critic": ("eval_critic", "Evaluate a critic on held-out rollouts: MRE vs a constant baseline, plots."),

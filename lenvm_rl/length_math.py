@@ -37,6 +37,10 @@ __all__ = [
     "task_gae",
     "potential_shaping",
     "relative_length_credits",
+    "unbiased_length_credits",
+    "process_advantages",
+    "task_reward_scale",
+    "settled_mask",
     "length_outcome_statistics",
     "normalize_length_credits",
     "relative_length_advantages",
@@ -373,6 +377,110 @@ def relative_length_credits(
     current, following, mask = _remaining_lengths(values, completion_mask, gamma, terminated)
     expected = value_to_length(values[:, 0], gamma).clamp(min=1.0)
     return (current - 1.0 - following) * mask / expected[:, None]
+
+
+def unbiased_length_credits(
+    values: Tensor, completion_mask: Tensor, gamma: float, terminated: Tensor | None = None
+) -> Tensor:
+    """Per-token length credit in the units of :func:`relative_length_credits`, with conditional mean 0 (v3)::
+
+        c_t = -l'(V(s_t)) · δ_t / l(s_0) = δ_t / ((1 + V(s_t)) · ln(1/γ) · l(s_0)),
+        δ_t = -(1-γ) + γ V(s_{t+1}) - V(s_t)   (the value-space TD residual, V(terminal) = 0)
+
+    The telescoping credit of :func:`relative_length_credits` is exactly ``(l(V_t) - l(V_t + δ_t)) / l(s_0)``
+    (since ``1 + l(V_{t+1}) = l(γ V_{t+1} - (1-γ))``); this one is its first-order expansion in ``δ_t``. For an exact
+    critic ``E[δ_t | s_t] = 0`` and the factor depends on ``s_t`` only, so ``E[c_t | s_t] = 0``: no token is charged
+    for the spread of what may follow it. The telescoping credit is not: ``l`` is convex in ``V``, so its mean at a
+    state is ``-(E[l(V_t + δ_t)] - l(V_t)) / l(s_0) ≤ 0``, about ``-½ l''(V_t) Var(δ_t) / l(s_0)`` — a penalty on
+    every high-variance decision (with γ = 0.9 and a 50/50 choice between 3 and 40 remaining tokens: branches
+    +0.68 and −3.26, mean −1.29; here ±0.97, mean 0). The price: the credits no longer sum to the completion's
+    saved fraction ``1 - L / l(s_0)`` exactly, only to first order along the path. ``1 + V`` is floored at 1e-6 and
+    ``l(s_0)`` at one token.
+
+    Shapes: ``values`` ``(B, T+1)``, ``completion_mask`` ``(B, T)``, ``terminated`` ``(B,)`` → ``(B, T)``, exactly 0
+    where the mask is 0.
+    """
+    gamma = check_gamma(gamma)
+    deltas = length_td_residuals(values, completion_mask, gamma, terminated)
+    current = values[:, :-1]
+    slope = 1.0 / ((1.0 + current).clamp(min=1e-6) * -math.log(gamma))
+    expected = value_to_length(values[:, 0], gamma).clamp(min=1.0)
+    return deltas * slope * completion_mask.to(values.dtype) / expected[:, None]
+
+
+def task_reward_scale(rewards: Tensor, group_size: int, scale: str = "batch", min_scale: float = 0.1) -> Tensor:
+    """Per-row standard deviation of the task reward, as TRL's GRPO divides its advantage by (``scale_rewards``):
+    over the row's group of ``group_size`` consecutive rows (``"group"``), over the whole batch (``"batch"``), or 1
+    (``"none"``); floored at ``min_scale``. Shapes ``(N,)`` → ``(N,)``."""
+    if scale not in ("batch", "group", "none"):
+        raise ValueError(f"scale must be 'batch', 'group' or 'none', got {scale!r}")
+    if rewards.dim() != 1 or group_size < 1 or rewards.shape[0] % group_size:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}")
+    if scale == "none":
+        return torch.ones_like(rewards)
+    if scale == "batch":
+        sigma = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+        sigma = sigma.expand_as(rewards)
+    else:
+        grouped = rewards.view(-1, group_size)
+        spread = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped[:, :1])
+        sigma = spread.expand_as(grouped).flatten()
+    return sigma.clamp(min=float(min_scale))
+
+
+def process_advantages(
+    values: Tensor,
+    rewards: Tensor,
+    completion_mask: Tensor,
+    sigma: Tensor,
+    lam: float = 1.0,
+    terminated: Tensor | None = None,
+) -> Tensor:
+    """Per-token task credit from a frozen task critic (``P(correct | s_t)``-like values), in the units of GRPO's
+    task advantage::
+
+        p_t = V(s_{t+1}) - V(s_t)       (V(s_L) = R on a terminated row, the bootstrap V(s_L) on a truncated one)
+        A^proc_t = Σ_k λ^k p_{t+k} / σ
+
+    ``p_t`` is how much token ``t`` moved the expected task reward (a process reward, as in PRIME/SwAP). With
+    λ = 1, ``A^proc_t = (R - V(s_t)) / σ``: the outcome with the critic's value at ``s_t`` as baseline, which is
+    unbiased for any critic (a state-dependent baseline) and has less variance the better the critic; at ``t = 0``
+    it is GRPO's ``(R - mean_g R) / σ`` with ``V(s_0)`` in place of the group mean. With λ < 1 it leans on the
+    critic (lower variance, biased by its errors). ``σ`` is the per-row reward scale of :func:`task_reward_scale`,
+    so the term is in the units of the advantage it is added to. Truncated rows are not paid ``R``.
+
+    Shapes: ``values`` ``(B, T+1)``, ``rewards``/``sigma``/``terminated`` ``(B,)``, ``completion_mask`` ``(B, T)``
+    → ``(B, T)``, exactly 0 where the mask is 0.
+    """
+    check_completion_mask(completion_mask)
+    batch, width = completion_mask.shape
+    if rewards.shape != (batch,) or sigma.shape != (batch,):
+        raise ValueError(f"rewards {tuple(rewards.shape)} and sigma {tuple(sigma.shape)} must both be ({batch},)")
+    done = torch.ones(batch, dtype=torch.bool, device=values.device) if terminated is None else terminated.bool()
+    lengths = completion_mask.to(torch.int64).sum(dim=1)
+    last = torch.arange(width, device=values.device)[None, :] == (lengths[:, None] - 1)
+    paid = last & done[:, None]
+    token_rewards = torch.where(paid, rewards.to(values.dtype)[:, None], torch.zeros_like(values[:, 1:]))
+    advantages, _ = task_gae(values, token_rewards, completion_mask, 1.0, lam, done)
+    return advantages / sigma.to(values.dtype)[:, None]
+
+
+def settled_mask(values: Tensor, completion_mask: Tensor, tolerance: float) -> Tensor:
+    """Where the answer is settled: token ``t`` of a row is settled when the task critic's values ``V(s_t), …,
+    V(s_{L-1})`` (the states from ``t`` to the last one before the end) all lie within ``tolerance`` of each other —
+    neither this token nor any later one moves the expected task reward. The settled tokens are a suffix of each
+    completion (the range of a suffix only shrinks), and the last token always is.
+
+    Shapes: ``values`` ``(B, T+1)``, ``completion_mask`` ``(B, T)`` → ``(B, T)`` bool, False where the mask is 0.
+    """
+    check_completion_mask(completion_mask)
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be ≥ 0, got {tolerance!r}")
+    mask = completion_mask.bool()
+    states = values[:, :-1]
+    highest = torch.where(mask, states, torch.full_like(states, -math.inf)).flip(1).cummax(dim=1).values.flip(1)
+    lowest = torch.where(mask, states, torch.full_like(states, math.inf)).flip(1).cummin(dim=1).values.flip(1)
+    return (highest - lowest <= tolerance) & mask
 
 
 def length_outcome_statistics(

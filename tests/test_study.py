@@ -158,7 +158,8 @@ def test_a_ppo_variant_can_start_from_a_task_critic_pretrained_on_the_rollouts(t
     assert {row["variant"] for row in rows} == {"none", "ppo_lenvm/pretrained"}
 
 
-@pytest.mark.parametrize("recipe", ["recipes/study/confirmatory.yaml", "recipes/study/sweep.yaml"])
+@pytest.mark.parametrize("recipe", ["recipes/study/confirmatory.yaml", "recipes/study/sweep.yaml",
+                                    "recipes/study/v3_sweep.yaml"])
 def test_shipped_study_recipes_are_valid(recipe):
     from pathlib import Path
 

@@ -331,10 +331,13 @@ def test_every_method_runs_under_every_normalization():
     assert [normalization_of(config.methods[f"lenvm/{n}"]) for n in ("group", "batch", "none")] == [
         "group", "batch", "none"]
     assert normalization_gaps(config.methods) == {"kimi": ["group", "none"]}
-    sweep = Path(__file__).resolve().parents[1] / "recipes" / "study" / "sweep.yaml"
-    (shipped,) = TrlParser((StudyConfig,)).parse_args_and_config(["--config", str(sweep)])
-    assert normalization_gaps(shipped.methods) == {}
-    assert {"lenvm/batch", "lenvm_seq/none", "gated_self_normalized/none"} <= set(shipped.methods)
+    for name in ("sweep.yaml", "v3_sweep.yaml"):
+        sweep = Path(__file__).resolve().parents[1] / "recipes" / "study" / name
+        (shipped,) = TrlParser((StudyConfig,)).parse_args_and_config(["--config", str(sweep)])
+        assert normalization_gaps(shipped.methods) == {}, name
+        assert {"lenvm/batch", "lenvm_seq/none", "gated_self_normalized/none"} <= set(shipped.methods)
+    assert {"lenvm_task/batch", "lenvm_settled/none", "lenvm_unbiased/group", "grpo_task/batch"} <= set(
+        shipped.methods)
 
 
 def test_shipped_grids_have_one_ratio():
@@ -344,8 +347,9 @@ def test_shipped_grids_have_one_ratio():
 
     from lenvm_rl.scripts.study import DEFAULT_METHODS
 
-    sweep = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "study" / "sweep.yaml").read_text())
-    for methods in (sweep["methods"], DEFAULT_METHODS):
+    recipes = Path(__file__).resolve().parents[1] / "recipes" / "study"
+    sweeps = [yaml.safe_load((recipes / name).read_text())["methods"] for name in ("sweep.yaml", "v3_sweep.yaml")]
+    for methods in (*sweeps, DEFAULT_METHODS):
         ratios = set()
         for variant in methods.values():
             grid = variant.get("grid")

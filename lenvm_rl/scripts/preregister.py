@@ -37,6 +37,13 @@ class PreregisterArguments:
     eval_prompts: int = field(default=400, metadata={"help": "Held-out prompts of the confirmatory evaluation."})
     eval_samples: int = field(default=4, metadata={"help": "Samples per prompt (≥ 4 at T = 1)."})
     bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap replicates of its report."})
+    token_level_methods: list[str] | None = field(
+        default=None, metadata={"help": "Only these methods are token-level candidates (e.g. the v3 ones); "
+                                        "recorded in the pre-registration. Default: every token-level method."})
+    secondary: list[str] | None = field(
+        default=None, metadata={"help": "Sweep variant labels to carry as secondary rows, each on the rule's grid."})
+    eval_at_steps: list[int] | None = field(
+        default=None, metadata={"help": "Inner evaluation steps of the confirmatory runs (sample efficiency)."})
 
 
 DATACLASSES = (PreregisterArguments,)
@@ -65,7 +72,13 @@ def preregister(args: PreregisterArguments) -> dict:
         raise ValueError(f"{sweep} has no finished runs")
     drop = float(args.drop if args.drop is not None else config["accuracy_drops"][0])
     table = collect(results, config["methods"])
-    choice = choose_pair(table, drop)
+    if args.token_level_methods:
+        from ..study.methods import TOKEN_LEVEL
+
+        unknown = sorted(set(args.token_level_methods) - set(TOKEN_LEVEL))
+        if unknown:
+            raise ValueError(f"token_level_methods: {unknown} are not token-level methods ({list(TOKEN_LEVEL)})")
+    choice = choose_pair(table, drop, args.token_level_methods)
     policy = str(sweep / "policy") if config["policy"] == "builtin" else config["policy"]
     critic = str(sweep / "critic") if config["critic"] == "train" else config["critic"]
     record = {"rule": RULE.format(drop=drop), "sweep": str(sweep), "sweep_seeds": config["seeds"],
@@ -73,15 +86,27 @@ def preregister(args: PreregisterArguments) -> dict:
               "token_level_grid": choice.token_level_grid, "comparator_grid": choice.comparator_grid,
               "token_level_candidates": choice.token_level_candidates,
               "comparator_candidates": choice.comparator_candidates,
+              **({"token_level_methods": list(args.token_level_methods)} if args.token_level_methods else {}),
               "sweep_target_accuracy": round(choice.target_accuracy, 4),
               "sweep_tokens_at_target": {k: (round(v, 2) if v != float("inf") else "unreached")
                                          for k, v in choice.tokens.items()}}
-    methods = confirmatory_methods(table, choice)
+    methods = confirmatory_methods(table, choice, args.secondary or ())
+    # the confirmatory runs read the sweep's task critic (they have no rollouts of their own to fit one on)
+    from ..study.methods import METHODS
+
+    for variant in methods.values():
+        options = variant.setdefault("options", {})
+        if options.get("task_critic_model_name_or_path") == "pretrained" or (
+                METHODS[variant["method"]].uses_task_critic and "task_critic_model_name_or_path" not in options):
+            options["task_critic_model_name_or_path"] = str(sweep / "task-critic")
+        if not options:
+            del variant["options"]
     ablation = next((label for label in methods if methods[label]["method"] == "lenvm_seq"), None)
     recipe = {"output_dir": args.output_dir, "policy": policy, "critic": critic,
               **{key: config[key] for key in _SHARED if key in config},
               "seeds": list(args.seeds), "eval_prompts": args.eval_prompts, "eval_samples": args.eval_samples,
               "bootstrap_samples": args.bootstrap_samples, "normalizations": None,
+              **({"eval_at_steps": list(args.eval_at_steps)} if args.eval_at_steps else {}),
               "headline_method": choice.token_level, "comparator_method": choice.comparator,
               **({"ablation_method": ablation} if ablation else {}),
               "methods": methods, "preregistration": record}

@@ -159,6 +159,12 @@ class StudyConfig:
         metadata={"help": "Rerun finished runs whose method, options or coefficient differ from the recipe's (default: "
                           "refuse, naming the field)."},
     )
+    eval_at_steps: list[int] | None = field(
+        default=None,
+        metadata={"help": "Also evaluate every run (sampled, on the same prompts) after these optimizer steps, for "
+                          "sample-efficiency curves; the random state is restored after each, so training is "
+                          "unchanged. Not a run setting: runs made without them simply have no curve."},
+    )
     accuracy_drops: list[float] = field(
         default_factory=lambda: [0.01, 0.02, 0.05],
         metadata={"help": "Matched accuracies: no-length-term accuracy minus these (the first is the headline)."},
@@ -394,36 +400,20 @@ def _train_critic(config: StudyConfig, policy: Path, train_rows: list[dict[str, 
         training_overrides={"logging_steps": max(1, config.critic_steps // 5)}, eval_dir="critic-eval")
 
 
-def _pretrain_task_critic(config: StudyConfig, policy: Path, out: Path,
-                          correctness: Callable[..., Any]) -> dict[str, float]:
-    """The task critic PPO variants ask for (``task_critic_model_name_or_path: pretrained``): the starting policy's
-    backbone with a new head, fitted to the correctness of the critic's rollouts of the starting policy
-    (:func:`lenvm_rl.trainer.ppo.pretrain_task_critic`), as the LenVM critic is fitted to their lengths."""
-    from transformers import AutoTokenizer
-
-    from ..modeling import LengthValueModel
-    from ..rollout import load_rollouts
-    from ..trainer.ppo import pretrain_task_critic
+def _pretrain_task_critic(config: StudyConfig, policy: Path, out: Path) -> dict[str, float]:
+    """The task critic PPO variants ask for (``task_critic_model_name_or_path: pretrained``) and the task-credit
+    variants read: the starting policy's backbone with a new head, fitted to the correctness of the critic's
+    rollouts of the starting policy (``lenvm-rl fit-task-critic``), as the LenVM critic is fitted to their lengths."""
+    from .fit_task_critic import FitTaskCriticArguments, fit_task_critic
 
     if not (out / "rollouts").exists():
         raise ValueError("a pretrained task critic is fitted to the study's rollouts of the starting policy; they "
                          "exist only with critic: train")
-    prompts = [json.loads(line) for line in (out / "data" / "critic_prompts.jsonl").read_text().splitlines()]
-    tokenizer = AutoTokenizer.from_pretrained(policy)
-    splits, _ = load_rollouts(out / "rollouts")
-    rows = splits["train"].to_list()
-    texts = [tokenizer.decode(row["completion_ids"], skip_special_tokens=True) for row in rows]
-    columns = {key: [prompts[row["prompt_index"]][key] for row in rows]
-               for key in prompts[0] if key != config.prompt_column}
-    rewards = correctness(prompts=[prompts[row["prompt_index"]][config.prompt_column] for row in rows],
-                          completions=texts, completion_ids=[row["completion_ids"] for row in rows], **columns)
-    rewards = [float(r or 0.0) for r in rewards]
-    critic = LengthValueModel.from_backbone(str(policy))
-    losses = pretrain_task_critic(critic, rows, rewards, tokenizer.pad_token_id, steps=config.task_critic_steps,
-                                  learning_rate=config.task_critic_learning_rate, seed=config.data_seed)
-    critic.save_pretrained(out / "task-critic")
-    tokenizer.save_pretrained(out / "task-critic")
-    return {"first_loss": losses[0], "last_loss": float(np.mean(losses[-20:])), "mean_reward": float(np.mean(rewards))}
+    return fit_task_critic(FitTaskCriticArguments(
+        policy=str(policy), rollouts=str(out / "rollouts"), dataset=str(out / "data" / "critic_prompts.jsonl"),
+        output_dir=str(out / "task-critic"), reward_funcs=config.reward_funcs[:1], prompt_column=config.prompt_column,
+        max_steps=config.task_critic_steps, learning_rate=config.task_critic_learning_rate, seed=config.data_seed,
+        device=config.device))
 
 
 def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
@@ -454,14 +444,16 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
             out: Path) -> dict[str, Any]:
     from datasets import Dataset
 
-    from ..study.methods import plan_run
+    from ..study.evaluate import EvaluateAtSteps
+    from ..study.methods import METHODS, plan_run
 
     variant = config.methods[label]
     options = dict(variant.get("options") or {})
     if options.get("task_critic_model_name_or_path") == PRETRAINED:
         options["task_critic_model_name_or_path"] = str(out / "task-critic")
+    task_critic = str(out / "task-critic") if METHODS[method].uses_task_critic else None
     plan = plan_run(method, coef, task_rewards, config.max_completion_length, critic, options,
-                    success_threshold=config.success_threshold)
+                    success_threshold=config.success_threshold, task_critic_path=task_critic)
     run_dir = _run_dir(out, label, coef, seed)
     args = plan.config_class(
         output_dir=str(run_dir / "trainer"), max_steps=config.rl_steps,
@@ -473,8 +465,14 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     started = time.time()
     trainer = plan.trainer_class(model=str(policy), reward_funcs=plan.reward_funcs, args=args,
                                  train_dataset=Dataset.from_list(train_rows))
+    curve = EvaluateAtSteps(
+        [s for s in config.eval_at_steps or [] if 0 < s < config.rl_steps], eval_rows, task_rewards[0],
+        num_samples=config.eval_samples, temperature=config.eval_temperature, seed=seed,
+        max_new_tokens=config.max_completion_length, prompt_column=config.prompt_column,
+        threshold=config.success_threshold)
+    trainer.add_callback(curve)
     trainer.train()
-    train_seconds = time.time() - started
+    train_seconds = time.time() - started - curve.seconds
     evaluation = _evaluate(config, trainer.model, trainer.processing_class, eval_rows, task_rewards[0], seed)
     log = [{key: float(value) for key, value in entry.items() if isinstance(value, (int, float))}
            for entry in trainer.state.log_history]
@@ -482,7 +480,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     gc.collect()
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
     return {"label": label, "method": method, "coef": coef, "seed": seed, "train_seconds": train_seconds,
-            "seconds": time.time() - started, "eval": evaluation, "train_log": log}
+            "seconds": time.time() - started, "eval": evaluation, "eval_at_steps": curve.results, "train_log": log}
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -580,6 +578,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
         done.add("starting policy")
     needs_task_critic = not (out / "task-critic" / "config.json").exists() and any(
         (config.methods[run[0]].get("options") or {}).get("task_critic_model_name_or_path") == PRETRAINED
+        or (METHODS[run[1]].uses_task_critic
+            and "task_critic_model_name_or_path" not in (config.methods[run[0]].get("options") or {}))
         for run in runs)
     if not needs_task_critic:
         done.add("task critic")
@@ -609,7 +609,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
         if needs_task_critic:
             started = clock.start("task critic")
-            _write_json(out / "task_critic_metrics.json", _pretrain_task_critic(config, policy, out, task_rewards[0]))
+            _write_json(out / "task_critic_metrics.json", _pretrain_task_critic(config, policy, out))
             clock.finish("task critic", started)
 
         from transformers import AutoTokenizer

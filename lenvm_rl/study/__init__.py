@@ -3,7 +3,7 @@
 The harness that runs it is the ``lenvm-rl study`` job (:mod:`lenvm_rl.scripts.study`); these modules are what it
 (and anyone comparing length methods in their own code) builds on."""
 
-from .evaluate import evaluate_policy
+from .evaluate import EvaluateAtSteps, evaluate_policy
 from .methods import (
     METHODS,
     SEQUENCE_LEVEL,
@@ -28,6 +28,7 @@ from .stats import (
 )
 
 __all__ = [
+    "EvaluateAtSteps",
     "METHODS",
     "SEQUENCE_LEVEL",
     "TOKEN_LEVEL",

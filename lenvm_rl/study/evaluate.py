@@ -4,16 +4,19 @@ full token limit)."""
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from ..data import render_prompt
 from ..rollout import sample_completions
 
-__all__ = ["evaluate_policy"]
+__all__ = ["evaluate_policy", "EvaluateAtSteps"]
 
 
 @torch.no_grad()
@@ -82,3 +85,37 @@ def evaluate_policy(
     out = {"correct": np.asarray(correct), "tokens": np.asarray(tokens), "terminated": np.asarray(terminated)}
     out.update({key: np.asarray(values) for key, values in structures.items()})
     return out
+
+
+class EvaluateAtSteps(TrainerCallback):
+    """Evaluates the policy being trained (sampled, with :func:`evaluate_policy`) after each optimizer step in
+    ``steps``, for sample-efficiency curves: ``results[str(step)]`` holds the per-prompt ``correct`` and ``tokens``.
+    The random state (Python, NumPy, torch, CUDA) is saved and restored around each evaluation, so a run trains
+    exactly as it would without them; ``seconds`` is the time they took. ``kwargs`` go to :func:`evaluate_policy`."""
+
+    def __init__(self, steps: Sequence[int], rows: Sequence[dict[str, Any]],
+                 correctness: Callable[..., Sequence[float | None]], **kwargs: Any):
+        self.steps = sorted(set(int(s) for s in steps))
+        self.rows, self.correctness, self.kwargs = rows, correctness, kwargs
+        self.results: dict[str, dict[str, list[float]]] = {}
+        self.seconds = 0.0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, processing_class: Any = None,
+                    **kwargs: Any) -> None:
+        if state.global_step not in self.steps or str(state.global_step) in self.results:
+            return
+        started = time.time()
+        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                 torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        was_training = model.training
+        try:
+            sampled = evaluate_policy(model, processing_class, self.rows, self.correctness, **self.kwargs)
+        finally:
+            model.train(was_training)
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+            if saved[3] is not None:
+                torch.cuda.set_rng_state_all(saved[3])
+        self.results[str(state.global_step)] = {key: sampled[key].tolist() for key in ("correct", "tokens")}
+        self.seconds += time.time() - started

@@ -16,6 +16,12 @@ token-level length advantage *after* it (``lenvm_rl.trainer.grpo``).
 ``lenvm_seq``             the ablation: same critic, gate, coefficient; every token carries the completion's whole
                           normalized length outcome, as GRPO broadcasts its advantage
 ``lenvm_value``           the v1 value-space LenVM advantage, gated
+``lenvm_unbiased``        v3 length credit alone: the unbiased token credit (mean 0 at every state), gated
+``lenvm_task``            v3: the unbiased length credit plus per-token task credit from a frozen task critic
+                          pretrained on the starting policy's rollouts, added to GRPO's outcome advantage
+``lenvm_settled``         v3 with the settled-answer charge: length credit in full once the task critic's value
+                          stops moving, none before (the task credit weighs those tokens)
+``grpo_task``             GRPO plus the per-token task credit, no length term (what the task credit does alone)
 ``ppo_none``              critic PPO (task critic GAE), no length term — the control of ``ppo_lenvm``
 ``ppo_lenvm``             critic PPO with the gated LenVM advantage
 ``ppo_linear``            critic PPO with the linear penalty in the reward — the sequence-level control of
@@ -23,7 +29,9 @@ token-level length advantage *after* it (``lenvm_rl.trainer.grpo``).
 ========================  ======================================================================================
 
 A PPO variant may start from a task critic pretrained on the starting policy's rollouts (as the LenVM critic is):
-the option ``task_critic_model_name_or_path: pretrained`` asks the study to fit one and use it.
+the option ``task_critic_model_name_or_path: pretrained`` asks the study to fit one and use it. The task-credit
+variants (``lenvm_task``, ``lenvm_settled``, ``grpo_task``) read that same pretrained critic, frozen, unless their
+options name another.
 """
 
 from __future__ import annotations
@@ -40,20 +48,23 @@ __all__ = ["MethodSpec", "RunPlan", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", 
            "run_fingerprint"]
 
 SEQUENCE_LEVEL = ("linear", "kimi", "budget", "gated_self_normalized", "ppo_linear")
-TOKEN_LEVEL = ("lenvm", "lenvm_ungated", "lenvm_seq", "lenvm_value", "ppo_lenvm")
+TOKEN_LEVEL = ("lenvm", "lenvm_ungated", "lenvm_seq", "lenvm_value", "ppo_lenvm", "lenvm_unbiased", "lenvm_task",
+               "lenvm_settled")
 # TRL's ``scale_rewards`` of the task advantage; "group" is TRL's default, "none" Arora & Zanette's own setting
 NORMALIZATIONS = ("group", "batch", "none")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method: display label, whether its coefficient matters, whether it needs the LenVM critic, and its
-    trainer (``"grpo"`` or ``"ppo"``)."""
+    """One method: display label, whether its coefficient matters, whether it needs the LenVM critic or a frozen
+    task critic, its trainer (``"grpo"`` or ``"ppo"``), and its config overrides beyond the coefficient's."""
 
     label: str
     trainer: str = "grpo"
     uses_coef: bool = True
     uses_critic: bool = False
+    uses_task_critic: bool = False
+    overrides: tuple[tuple[str, Any], ...] = ()
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -66,6 +77,16 @@ METHODS: dict[str, MethodSpec] = {
     "lenvm_ungated": MethodSpec("LenVM token-level, ungated", uses_critic=True),
     "lenvm_seq": MethodSpec("LenVM sequence-level ablation, gated", uses_critic=True),
     "lenvm_value": MethodSpec("LenVM value-space (v1), gated", uses_critic=True),
+    "lenvm_unbiased": MethodSpec("LenVM v3 unbiased token credit, gated", uses_critic=True,
+                                 overrides=(("length_estimator", "unbiased"),)),
+    "lenvm_task": MethodSpec("LenVM v3 + per-token task credit, gated", uses_critic=True, uses_task_critic=True,
+                             overrides=(("length_estimator", "unbiased"), ("task_credit", "critic"))),
+    "lenvm_settled": MethodSpec("LenVM v3 + task credit, settled-answer charge, gated", uses_critic=True,
+                                uses_task_critic=True,
+                                overrides=(("length_estimator", "unbiased"), ("task_credit", "critic"),
+                                           ("length_charge", "settled"))),
+    "grpo_task": MethodSpec("GRPO + per-token task credit, no length term", uses_coef=False, uses_task_critic=True,
+                            overrides=(("task_credit", "critic"),)),
     "ppo_none": MethodSpec("critic PPO, no length term", trainer="ppo", uses_coef=False),
     "ppo_lenvm": MethodSpec("critic PPO + LenVM, gated", trainer="ppo", uses_critic=True),
     "ppo_linear": MethodSpec("critic PPO + linear length penalty", trainer="ppo"),
@@ -107,12 +128,13 @@ def check_method_options(method: str, options: dict[str, Any], where: str) -> No
 
 def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]], max_completion_length: int,
              critic_path: str | None, options: dict[str, Any] | None = None,
-             success_threshold: float = 1.0) -> RunPlan:
+             success_threshold: float = 1.0, task_critic_path: str | None = None) -> RunPlan:
     """The :class:`RunPlan` of ``method`` at ``coef``. ``task_rewards[0]`` is the correctness reward; a completion
     is correct when it reaches ``success_threshold``, and that one definition is used by every gate (Kimi's and Arora
     & Zanette's correctness gates, LenVM's ``length_gate_threshold``) as by the study's evaluation. The other task
-    rewards (format rewards, ...) are kept as they are. ``options`` are config overrides of the variant (e.g.
-    ``scale_rewards: batch``), applied last."""
+    rewards (format rewards, ...) are kept as they are. ``task_critic_path`` is the frozen task critic of the
+    task-credit methods. ``options`` are config overrides of the variant (e.g. ``scale_rewards: batch``), applied
+    last."""
     spec = METHODS.get(method)
     if spec is None:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
@@ -142,6 +164,12 @@ def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]
             overrides["length_credit"] = "sequence"
         if method == "lenvm_value":
             overrides["length_units"] = "value"
+    if spec.uses_task_critic:
+        if task_critic_path is None and "task_critic_model_name_or_path" not in (options or {}):
+            raise ValueError(f"method {method!r} needs a task critic (task_critic_path, or the option "
+                             "task_critic_model_name_or_path)")
+        overrides["task_critic_model_name_or_path"] = task_critic_path
+    overrides.update(dict(spec.overrides))
     if spec.trainer == "ppo":
         overrides.setdefault("task_critic_learning_rate", 1e-3)
     overrides.update(options or {})

@@ -10,6 +10,7 @@ sweep's :class:`~lenvm_rl.study.report.StudyTable`; ``lenvm-rl preregister`` wri
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ __all__ = ["RULE", "ABLATIONS", "GRID_RATIO", "BUDGET_RATIO", "PairChoice", "cho
 
 # Variants that answer "does token placement matter", not "which method is best": never a headline candidate.
 ABLATIONS = ("lenvm_seq",)
+# token-level methods whose ablation (the same settings, sequence placement) the confirmatory study runs
+ABLATED = ("lenvm", "lenvm_unbiased", "lenvm_task", "lenvm_settled")
 GRID_RATIO = 2.0
 BUDGET_RATIO = 1.5
 
@@ -69,8 +72,11 @@ def confirmatory_grid(table: StudyTable, label: str, accuracy: np.ndarray, token
     return [coef * factor for factor in (1 / GRID_RATIO ** 2, 1 / GRID_RATIO, 1.0, GRID_RATIO)]
 
 
-def choose_pair(table: StudyTable, drop: float = 0.01) -> PairChoice:
-    """Apply :data:`RULE` to a sweep's finished runs (means over its seeds and prompts)."""
+def choose_pair(table: StudyTable, drop: float = 0.01, token_level_methods: Sequence[str] | None = None
+                ) -> PairChoice:
+    """Apply :data:`RULE` to a sweep's finished runs (means over its seeds and prompts). ``token_level_methods``
+    restricts the token-level candidates to those methods (a study of one version of the method; the restriction
+    goes into the pre-registration record)."""
     accuracy = np.nanmean(table.metrics["correct"], axis=(1, 2))
     tokens = np.nanmean(table.metrics["tokens"], axis=(1, 2))
     none = table.none_index()
@@ -87,7 +93,8 @@ def choose_pair(table: StudyTable, drop: float = 0.01) -> PairChoice:
 
     labels = table.labels()
     sequence = [label for label in labels if table.method(label) in SEQUENCE_LEVEL]
-    token = [label for label in labels if table.method(label) in TOKEN_LEVEL and table.method(label) not in ABLATIONS]
+    token = [label for label in labels if table.method(label) in TOKEN_LEVEL and table.method(label) not in ABLATIONS
+             and (token_level_methods is None or table.method(label) in token_level_methods)]
     comparator, token_level = best(sequence), best(token)
     return PairChoice(
         token_level=token_level, comparator=comparator,
@@ -97,8 +104,10 @@ def choose_pair(table: StudyTable, drop: float = 0.01) -> PairChoice:
         token_level_candidates=len(token), comparator_candidates=len(sequence))
 
 
-def confirmatory_methods(table: StudyTable, choice: PairChoice) -> dict[str, dict[str, Any]]:
-    """The confirmatory study's variants: the anchors, the pair on its grids, and the token-level variant's ablation."""
+def confirmatory_methods(table: StudyTable, choice: PairChoice, secondary: Sequence[str] = ()
+                         ) -> dict[str, dict[str, Any]]:
+    """The confirmatory study's variants: the anchors, the pair on its grids, the token-level variant's ablation,
+    and the ``secondary`` sweep variants (each on the rule's grid for it; reported, never the headline)."""
     variants: dict[str, dict[str, Any]] = {"none": {"method": "none"}}
     chosen = table.variants[choice.token_level]
     if METHODS[chosen["method"]].trainer == "ppo":
@@ -108,8 +117,20 @@ def confirmatory_methods(table: StudyTable, choice: PairChoice) -> dict[str, dic
     for label, grid in ((choice.comparator, choice.comparator_grid), (choice.token_level, choice.token_level_grid)):
         variant = table.variants[label]
         variants[label] = {"method": variant["method"], "grid": grid, "options": dict(variant.get("options") or {})}
-    if chosen["method"] == "lenvm":
-        options = dict(chosen.get("options") or {})
+    if chosen["method"] in ABLATED:
+        # the ablation keeps everything of the chosen variant (its method's settings too) but the token placement
+        options = {**dict(METHODS[chosen["method"]].overrides), **dict(chosen.get("options") or {})}
+        if METHODS[chosen["method"]].uses_task_critic:
+            options.setdefault("task_critic_model_name_or_path", "pretrained")
         suffix = f"/{options['scale_rewards']}" if "scale_rewards" in options else ""
         variants[f"lenvm_seq{suffix}"] = {"method": "lenvm_seq", "grid": choice.token_level_grid, "options": options}
+    accuracy = np.nanmean(table.metrics["correct"], axis=(1, 2))
+    tokens = np.nanmean(table.metrics["tokens"], axis=(1, 2))
+    for label in secondary:
+        if label not in table.variants:
+            raise ValueError(f"secondary variant {label!r} is not a variant of the sweep ({sorted(table.variants)})")
+        variant = dict(table.variants[label])
+        if METHODS[variant["method"]].uses_coef:
+            variant["grid"] = confirmatory_grid(table, label, accuracy, tokens, choice.target_accuracy)
+        variants.setdefault(label, variant)
     return variants

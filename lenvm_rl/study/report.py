@@ -29,7 +29,7 @@ from .stats import (
     tokens_at_accuracy,
 )
 
-__all__ = ["StudyTable", "collect", "write_report", "TOKEN_FRACTIONS"]
+__all__ = ["StudyTable", "collect", "write_report", "sample_efficiency", "TOKEN_FRACTIONS"]
 
 # matched-token comparisons at these fractions of the no-length-term policy's mean tokens
 TOKEN_FRACTIONS = (0.5, 0.67, 0.8)
@@ -242,6 +242,11 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     lines += _variants_section(point, boot, lenvm_variants, drops)
     lines += _runs_section(table, accuracy, tokens, boot, start, prompt_table)
     lines += _normalization_section(table, point, baselines, drops)
+    efficiency = sample_efficiency(results, config.methods, config.rl_steps,
+                                   config.rl_prompts_per_step * config.rl_generations,
+                                   point["none_accuracy"] - drops[0] if drops else None, comparator)
+    if efficiency is not None:
+        lines += _sample_efficiency_section(efficiency, comparator, drops[0])
     if critic:
         lines += ["## Critic", "",
                   f"Held-out rollouts of the starting policy: prompt-boundary MRE {_fmt(critic.get('prompt_mre'))} vs "
@@ -272,11 +277,108 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
               "per_seed": {key: value.tolist() for key, value in per_seed.items() if "ratio" in key},
               "seed_intervals": {key: list(t_interval(value)) for key, value in per_seed.items() if "ratio" in key},
               "greedy_point": deployed[0] if deployed else None,
-              "configs": [list(c) for c in table.configs], "seeds": table.seeds, "stage_seconds": stage_seconds}
+              "configs": [list(c) for c in table.configs], "seeds": table.seeds, "stage_seconds": stage_seconds,
+              "sample_efficiency": efficiency}
     write_text_atomically(out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
     _plot(out, table, accuracy, tokens, boot, start, prompt_table,
           target=point["none_accuracy"] - drops[0] if drops else None)
+    if efficiency is not None:
+        _plot_sample_efficiency(out, efficiency, comparator)
     return report
+
+
+def sample_efficiency(results: Sequence[dict[str, Any]], variants: dict[str, dict[str, Any]], rl_steps: int,
+                      samples_per_step: int, target: float | None, comparator: str | None) -> dict[str, Any] | None:
+    """Frontiers at several RL budgets, from the evaluations each run made inside its training
+    (``eval_at_steps``) and its final one: for each step, each variant's tokens at ``target`` accuracy on its
+    frontier at that step (anchored at its family's no-length-term run *at the same step*), and, per variant, the
+    RL samples (completions) it needed until its frontier first reached the comparator's final point (its tokens at
+    ``target`` after all ``rl_steps``). Points are means over seeds and prompts; steps where not every configuration
+    has an evaluation are left out. ``None`` when no run has intermediate evaluations."""
+    steps = sorted({int(step) for r in results for step in r.get("eval_at_steps") or {}})
+    if not steps or target is None:
+        return None
+    configs = {(r["label"], float(r["coef"]), int(r["seed"])) for r in results if r["label"] in variants}
+    tokens_at: dict[str, dict[int, float]] = {}
+    kept = []
+    for step in [*steps, rl_steps]:
+        at = [{**r, "eval": r["eval"] if step == rl_steps else (r.get("eval_at_steps") or {}).get(str(step))}
+              for r in results if r["label"] in variants]
+        at = [r for r in at if r["eval"] is not None]
+        if {(r["label"], float(r["coef"]), int(r["seed"])) for r in at} != configs:
+            continue
+        table = StudyTable(at, variants)
+        accuracy = np.nanmean(table.metrics["correct"], axis=(1, 2))
+        tokens = np.nanmean(table.metrics["tokens"], axis=(1, 2))
+        kept.append(step)
+        for label in table.labels():
+            if table.anchor_index(label) is None:
+                continue
+            tokens_at.setdefault(label, {})[step] = tokens_at_accuracy(_frontier(table, label, accuracy, tokens),
+                                                                        target)
+    if len(kept) < 2:
+        return None
+    reference = tokens_at.get(comparator, {}).get(rl_steps) if comparator else None
+    reached: dict[str, float] = {}
+    for label, curve in tokens_at.items():
+        first = next((step for step in kept if reference is not None and math.isfinite(reference)
+                      and curve.get(step, math.inf) <= reference), None)
+        reached[label] = float(first * samples_per_step) if first is not None else math.inf
+    ratio = {label: (value / reached[comparator] if comparator in reached and math.isfinite(reached[comparator])
+                     else math.nan) for label, value in reached.items()}
+    return {"steps": kept, "samples_per_step": samples_per_step, "target_accuracy": float(target),
+            "comparator": comparator, "reference_tokens": reference,
+            "tokens_at_target": {label: {str(k): float(v) for k, v in curve.items()} for label, curve in
+                                 tokens_at.items()},
+            "samples_to_reference": reached, "samples_ratio": ratio}
+
+
+def _sample_efficiency_section(efficiency: dict[str, Any], comparator: str | None, drop: float) -> list[str]:
+    steps = efficiency["steps"]
+    reference = efficiency["reference_tokens"]
+    lines = ["## Sample efficiency", "",
+             f"Tokens at the headline accuracy ({efficiency['target_accuracy']:.3f}, no length term after the full "
+             f"budget − {drop:g}) on each variant's frontier after each number of RL steps "
+             f"({efficiency['samples_per_step']} completions per step), anchored at the no-length-term run at the "
+             "same step; – where the frontier does not reach it yet. Points are means over seeds and prompts (no "
+             "interval)."]
+    if comparator and reference is not None:
+        lines[-1] += (f" Last columns: RL samples until the variant's frontier first reached the comparator "
+                      f"`{comparator}`'s final point ({_fmt(reference, 1)} tokens), and that ÷ the comparator's own.")
+    lines += ["", "| variant | " + " | ".join(f"step {s}" for s in steps) + " | samples to reach | ÷ comparator |",
+              "|---|" + "---|" * (len(steps) + 2)]
+    for label, curve in efficiency["tokens_at_target"].items():
+        samples = efficiency["samples_to_reference"][label]
+        lines.append(f"| {label} | " + " | ".join(_fmt(curve.get(str(s), math.nan), 1) for s in steps)
+                     + f" | {_fmt(samples, 0)} | {_fmt(efficiency['samples_ratio'][label], 2)} |")
+    return lines + ["", "Plot: `sample_efficiency.png`.", ""]
+
+
+def _plot_sample_efficiency(out: Path, efficiency: dict[str, Any], comparator: str | None) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..evaluation import save_figure
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    per_step = efficiency["samples_per_step"]
+    for color, (label, curve) in enumerate(efficiency["tokens_at_target"].items()):
+        steps = [int(s) for s in curve if math.isfinite(curve[s])]
+        ax.plot([s * per_step for s in steps], [curve[str(s)] for s in steps], "-o", markersize=3,
+                color=f"C{color % 10}", label=label, linewidth=2.5 if label == comparator else 1.2)
+    if efficiency["reference_tokens"] is not None and math.isfinite(efficiency["reference_tokens"]):
+        ax.axhline(efficiency["reference_tokens"], color="grey", linestyle=":", label="comparator's final point")
+    ax.set_xlabel("RL samples (completions)")
+    ax.set_ylabel(f"tokens at accuracy {efficiency['target_accuracy']:.3f}")
+    ax.set_title("sample efficiency: tokens at matched accuracy by RL budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, out / "sample_efficiency.png")
 
 
 def _merged_stage_seconds(out: Path, stage_seconds: dict[str, float]) -> dict[str, float]:

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import trl
@@ -62,7 +62,11 @@ from ..length_math import (
     length_outcome_statistics,
     normalize_length_credits,
     place_length_advantages,
+    process_advantages,
     relative_length_credits,
+    settled_mask,
+    task_reward_scale,
+    unbiased_length_credits,
     value_targets,
     value_to_length,
 )
@@ -80,6 +84,12 @@ LENGTH_MODES = ("advantage", "none")
 LENGTH_GATES = ("none", "success")
 LENGTH_UNITS = ("relative", "value")
 LENGTH_CREDITS = ("token", "sequence")
+LENGTH_ESTIMATORS = ("telescoping", "unbiased")
+TASK_CREDITS = ("sequence", "critic")
+LENGTH_CHARGES = ("all", "settled")
+# floor of the task-reward std the process advantage is divided by (a group whose rewards all agree has std 0, yet
+# R - V(s_t) need not vanish): with 0/1 rewards it caps the magnification at 10×
+TASK_SCALE_MIN = 0.1
 LENGTH_SCALES = ("batch", "group", "none")
 GATE_FAILED = ("zero", "worst")
 COEF_SCHEDULES = ("constant", "linear_warmup")
@@ -94,13 +104,19 @@ _CRITIC_OPTIONS = ("critic_model_name_or_path", "critic_gamma", "critic_dtype", 
                    "critic_refresh", "critic_learning_rate")
 _LENGTH_OPTIONS = ("length_coef", "length_coef_schedule", "length_coef_warmup_steps", "length_lam", "length_units",
                    "length_credit", "length_scale", "length_scale_min", "length_gate", "length_gate_reward_funcs",
-                   "length_gate_threshold", "length_gate_failed", "whiten_length_advantages")
+                   "length_gate_threshold", "length_gate_failed", "whiten_length_advantages",
+                   "length_estimator")
 _GATE_DETAILS = ("length_gate_reward_funcs", "length_gate_threshold", "length_gate_failed")
+_TASK_CREDIT_DETAILS = ("task_credit_coef", "task_credit_lam")
+_SETTLED_DETAILS = ("settled_tolerance", "presettle_length_weight")
 
 
 @dataclass
 class LenVMGRPOConfig(GRPOConfig):
     """``GRPOConfig`` plus the LenVM critic options (see the module docstring for the equations)."""
+
+    # critic PPO reads task_critic_model_name_or_path as the start of the critic it learns
+    _learns_task_critic: ClassVar[bool] = False
 
     length_mode: str = field(
         default="advantage",
@@ -177,6 +193,48 @@ class LenVMGRPOConfig(GRPOConfig):
         metadata={"help": "What failed completions get: 'zero' (no length term) or 'worst' (the least favourable "
                           "length outcome of their group, never a reward for being short)."},
     )
+    length_estimator: str = field(
+        default="telescoping",
+        metadata={"help": "Relative units: 'telescoping' (v2: c_t = (l(s_t) - 1 - l(s_{t+1})) / l(s_0), sums to the "
+                          "saved fraction, biased against high-variance decisions) or 'unbiased' (v3: the value-space "
+                          "TD residual times -dl/dV at V(s_t), / l(s_0); mean 0 at every state for an exact critic)."},
+    )
+    task_credit: str = field(
+        default="sequence",
+        metadata={"help": "'sequence': GRPO's task advantage, one number per completion; 'critic': plus a per-token "
+                          "process advantage from a frozen task critic (task_critic_model_name_or_path): "
+                          "task_credit_coef · Σ_k λ^k (V(s_{t+k+1}) - V(s_{t+k})) / σ_R, V(s_L) = R."},
+    )
+    task_critic_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A saved task critic (LengthValueModel whose head logit predicts the task reward, e.g. "
+                          "lenvm_rl.trainer.ppo.pretrain_task_critic on the starting policy's rollouts), frozen. Read "
+                          "by task_credit: critic and length_charge: settled."},
+    )
+    task_credit_coef: float = field(
+        default=1.0, metadata={"help": "Weight of the per-token process advantage (1: as much as GRPO's own)."}
+    )
+    task_credit_lam: float = field(
+        default=1.0,
+        metadata={"help": "λ of the process advantage: 1 is (R - V(s_t)) / σ, unbiased for any critic (a state "
+                          "baseline); < 1 leans on the critic's one-step changes (less variance, its errors as bias)."},
+    )
+    length_charge: str = field(
+        default="all",
+        metadata={"help": "'all': length credit on every token; 'settled': full length credit once the task critic's "
+                          "value stops moving for the rest of the completion (the answer is decided: what follows is "
+                          "waste), presettle_length_weight × it before."},
+    )
+    settled_tolerance: float = field(
+        default=0.05,
+        metadata={"help": "length_charge settled: the task critic's values from a token to the end must lie within "
+                          "this of each other (task reward units) for the token to count as settled."},
+    )
+    presettle_length_weight: float = field(
+        default=0.0,
+        metadata={"help": "length_charge settled: weight of the length credit before the answer settles (0: only "
+                          "the tail after it is charged, as APR; 1: the same as length_charge all)."},
+    )
     whiten_length_advantages: bool = field(
         default=False,
         metadata={"help": "Value units only: standardize A_len over the batch's gated tokens (across processes)."},
@@ -207,6 +265,7 @@ class LenVMGRPOConfig(GRPOConfig):
             )
         choices = {"length_mode": modes, "critic_zero3": CRITIC_ZERO3_MODES, "length_units": LENGTH_UNITS,
                    "length_credit": LENGTH_CREDITS, "length_scale": LENGTH_SCALES,
+                   "length_estimator": LENGTH_ESTIMATORS, "task_credit": TASK_CREDITS, "length_charge": LENGTH_CHARGES,
                    "length_gate_failed": GATE_FAILED, "length_coef_schedule": COEF_SCHEDULES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -221,6 +280,21 @@ class LenVMGRPOConfig(GRPOConfig):
             raise ValueError(f"length_lam must lie in [0, 1], got {self.length_lam!r}")
         if self.critic_gamma is not None:
             check_gamma(self.critic_gamma)
+        if not math.isfinite(self.task_credit_coef):
+            raise ValueError(f"task_credit_coef must be a finite number, got {self.task_credit_coef!r}")
+        if not 0.0 <= self.task_credit_lam <= 1.0:
+            raise ValueError(f"task_credit_lam must lie in [0, 1], got {self.task_credit_lam!r}")
+        if not (math.isfinite(self.settled_tolerance) and self.settled_tolerance >= 0):
+            raise ValueError(f"settled_tolerance must be a number ≥ 0, got {self.settled_tolerance!r}")
+        if not (math.isfinite(self.presettle_length_weight) and self.presettle_length_weight >= 0):
+            raise ValueError(f"presettle_length_weight must be a number ≥ 0, got {self.presettle_length_weight!r}")
+        if self.reads_frozen_task_critic():
+            if self.task_critic_model_name_or_path is None:
+                needs = "task_credit='critic'" if self.task_credit == "critic" else "length_charge='settled'"
+                raise ValueError(f"{needs} needs a task critic: set task_critic_model_name_or_path to a saved one "
+                                 "(fit it on the starting policy's rollouts with "
+                                 "lenvm_rl.trainer.ppo.pretrain_task_critic, as the study does)")
+            check_local_path(self.task_critic_model_name_or_path, "task_critic_model_name_or_path", check_hub=False)
         if self.length_gate_reward_funcs is not None and not self.length_gate_reward_funcs:
             raise ValueError("length_gate_reward_funcs is empty; leave it unset to gate on the first reward function")
         if self.critic_refresh and self.length_mode == "shaping":
@@ -239,14 +313,18 @@ class LenVMGRPOConfig(GRPOConfig):
     def _length_modes(self) -> tuple[str, ...]:
         return LENGTH_MODES
 
+    def reads_frozen_task_critic(self) -> bool:
+        """Whether the trainer loads a frozen task critic (per-token task credit, or the settled-answer charge)."""
+        return self.task_credit == "critic" or (self.length_mode == "advantage" and self.length_charge == "settled")
+
     def ignored_options(self) -> list[str]:
         """The length/critic options set to a non-default value that the chosen mode does not read."""
         ignored: tuple[str, ...] = ()
         if self.length_mode == "none":
-            ignored = _CRITIC_OPTIONS + _LENGTH_OPTIONS
+            ignored = _CRITIC_OPTIONS + _LENGTH_OPTIONS + ("length_charge", *_SETTLED_DETAILS)
         elif self.length_mode == "shaping":
             ignored = ("length_lam", "length_units", "length_credit", "length_scale", "length_scale_min", "length_gate",
-                       *_GATE_DETAILS,
+                       *_GATE_DETAILS, "length_estimator", "length_charge", *_SETTLED_DETAILS,
                        "whiten_length_advantages", "critic_refresh", "critic_learning_rate")
         else:
             if self.length_units == "relative":
@@ -254,15 +332,23 @@ class LenVMGRPOConfig(GRPOConfig):
                 if self.length_credit == "sequence":
                     ignored += ("length_lam",)
             else:
-                ignored += ("length_credit", "length_scale", "length_scale_min")
+                ignored += ("length_credit", "length_scale", "length_scale_min", "length_estimator", "length_charge",
+                            *_SETTLED_DETAILS)
+            if self.length_charge != "settled":
+                ignored += _SETTLED_DETAILS
             if self.length_gate == "none":
                 ignored += _GATE_DETAILS
             if not self.critic_refresh:
                 ignored += ("critic_learning_rate",)
             if self.length_coef_schedule == "constant":
                 ignored += ("length_coef_warmup_steps",)
+        if self.task_credit != "critic":
+            ignored += _TASK_CREDIT_DETAILS
+        if not self.reads_frozen_task_critic() and not self._learns_task_critic:
+            ignored += ("task_critic_model_name_or_path",)
         defaults = {f.name: f.default for f in dataclasses.fields(LenVMGRPOConfig)}
-        return [name for name in ignored if getattr(self, name) != defaults[name]]
+        return sorted(set(name for name in ignored if getattr(self, name) != defaults[name]),
+                      key=list(defaults).index)
 
     def _check_ignored_options(self) -> None:
         ignored = self.ignored_options()
@@ -316,10 +402,20 @@ class LenVMGRPOTrainer(GRPOTrainer):
             critic_model, critic_tokenizer = _load_critic(critic, args, critic_processing_class)
             if _zero3_enabled():
                 _check_critic_for_zero3(critic_model, args.critic_zero3)  # before the policy is even loaded
+        process_critic = None
+        if args.reads_frozen_task_critic():
+            process_critic, process_tokenizer = _load_frozen_task_critic(args)
+            if _zero3_enabled():
+                _check_critic_for_zero3(process_critic, args.critic_zero3)
         super().__init__(model, reward_funcs, args, **kwargs)
         self.gate_reward_indices = self._resolve_gate_reward_funcs()
         self._check_gate_reads_scores(args)
         self.length_critic: LengthCritic | None = None
+        self.process_critic: Any = None
+        if process_critic is not None:
+            _check_vocabulary(process_critic, process_tokenizer, self.processing_class)
+            process_critic.requires_grad_(False)
+            self.process_critic = self._prepare_frozen(process_critic)
         if critic_model is None:
             return
         _check_vocabulary(critic_model, critic_tokenizer, self.processing_class)
@@ -330,18 +426,22 @@ class LenVMGRPOTrainer(GRPOTrainer):
             # scored in eval mode from the very first batch; _refresh_critic switches to train mode for its step only
             critic_model.to(self.accelerator.device).eval()
             self.critic_optimizer = torch.optim.AdamW(critic_model.parameters(), lr=args.critic_learning_rate)
-        elif self.is_deepspeed_enabled and _zero3_enabled() and args.critic_zero3 == "replicate":
-            _check_replicated_critic_size(critic_model, self.model)
-            critic_model = critic_model.to(self.accelerator.device).eval()
-        elif self.is_deepspeed_enabled:
-            from trl.models import prepare_deepspeed
-
-            # Same treatment as TRL's reference and reward models: sharded under ZeRO-3, replicated otherwise.
-            critic_model = prepare_deepspeed(critic_model, self.accelerator)
         else:
-            critic_model = self.accelerator.prepare_model(critic_model, evaluation_mode=True, device_placement=True)
+            critic_model = self._prepare_frozen(critic_model)
         self.critic = critic_model
         self.length_critic = LengthCritic(critic_model, self.eos_token_ids, micro_batch_size=args.critic_batch_size)
+
+    def _prepare_frozen(self, critic_model: LengthValueModel) -> Any:
+        """A frozen critic placed like TRL's reference and reward models: sharded under ZeRO-3 (or replicated with
+        ``critic_zero3: replicate``), replicated under other DeepSpeed stages, on the device otherwise."""
+        if self.is_deepspeed_enabled and _zero3_enabled() and self.args.critic_zero3 == "replicate":
+            _check_replicated_critic_size(critic_model, self.model)
+            return critic_model.to(self.accelerator.device).eval()
+        if self.is_deepspeed_enabled:
+            from trl.models import prepare_deepspeed
+
+            return prepare_deepspeed(critic_model, self.accelerator)
+        return self.accelerator.prepare_model(critic_model, evaluation_mode=True, device_placement=True)
 
     def _check_gate_reads_scores(self, args: LenVMGRPOConfig) -> None:
         """A reward *model* scores on a continuous scale that rarely reaches the default threshold 1.0, so a gate on
@@ -395,16 +495,37 @@ class LenVMGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
-        if self.length_critic is None or self.args.length_mode != "advantage":
+        with_length = self.length_critic is not None and self.args.length_mode == "advantage"
+        if not with_length and self.process_critic is None:
             return output
         mode = "train" if self.model.training else "eval"
         prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        values = self.score_lengths(prompt_ids, prompt_mask, completion_ids, completion_mask)
         terminated = terminated_mask(completion_ids, completion_mask, self.eos_token_ids)
+        task_values = None
+        if self.process_critic is not None:
+            with torch.no_grad():
+                task_values = unwrap_critic(self.process_critic).eval().values_for_completions(
+                    prompt_ids, prompt_mask, completion_ids, completion_mask,
+                    micro_batch_size=self.args.critic_batch_size, read="logits").float()
+        if self.args.task_credit == "critic":
+            process = self._process_advantages(task_values, completion_mask, terminated, mode)
+            task = output["advantages"]
+            output["advantages"] = ((task if task.dim() == 2 else task[:, None])
+                                    + self.args.task_credit_coef * process.to(task.dtype))
+        if not with_length:
+            return output
+        values = self.score_lengths(prompt_ids, prompt_mask, completion_ids, completion_mask)
         passed = self._gate(len(prompt_ids), mode).to(values.device)
         if self.args.length_units == "relative":
-            term, mask = self._relative_length_advantages(values, completion_mask, terminated, passed, mode)
+            weights = None
+            if self.args.length_charge == "settled":
+                settled = settled_mask(task_values, completion_mask, self.args.settled_tolerance)
+                weights = torch.where(settled, 1.0, self.args.presettle_length_weight).to(values.dtype)
+                self._log_masked_stats(mode, "length/settled_fraction", settled.to(values.dtype),
+                                       completion_mask.to(values.dtype))
+            term, mask = self._relative_length_advantages(values, completion_mask, terminated, passed, mode,
+                                                          weights)
         else:
             term, mask = self._value_length_advantages(values, completion_mask, terminated, passed)
         self._log_masked_stats(mode, "length/advantage", term, mask)
@@ -441,11 +562,36 @@ class LenVMGRPOTrainer(GRPOTrainer):
                     "length reward among them keeps correct answers below the threshold).", stacklevel=2)
         return passed
 
+    def _process_advantages(self, task_values: Tensor, completion_mask: Tensor, terminated: Tensor,
+                            mode: str) -> Tensor:
+        """Per-token task credit (:func:`lenvm_rl.length_math.process_advantages`) in the units of GRPO's advantage:
+        divided by the task reward's std over the group or the batch, as ``scale_rewards`` says (across processes).
+        Unscorable completions (every reward function returned None) get none, as TRL gives them no advantage."""
+        batch = len(task_values)
+        rewards = self._local_task_rewards(batch).to(task_values.device).float()
+        gathered = self.accelerator.gather(rewards)
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        sigma = task_reward_scale(gathered, group_size, self.args.scale_rewards, TASK_SCALE_MIN)
+        rows = slice(self.accelerator.process_index * batch, (self.accelerator.process_index + 1) * batch)
+        process = process_advantages(task_values, rewards, completion_mask, sigma[rows], self.args.task_credit_lam,
+                                     terminated)
+        start = self.accelerator.process_index * batch
+        scorable = ~torch.isnan(self._last_rewards_per_func[start:start + batch]).all(dim=1)
+        process = process * scorable.to(process.dtype).to(process.device)[:, None]
+        self._log_masked_stats(mode, "task_credit/advantage", process, completion_mask.to(process.dtype))
+        self._log_masked_stats(mode, "task_credit/value", task_values[:, :-1], completion_mask.to(process.dtype))
+        return process
+
     def _relative_length_advantages(self, values: Tensor, completion_mask: Tensor, terminated: Tensor,
-                                    passed: Tensor, mode: str) -> tuple[Tensor, Tensor]:
-        """Scale-free length advantages (module docstring); group and batch statistics span all processes."""
+                                    passed: Tensor, mode: str, weights: Tensor | None = None
+                                    ) -> tuple[Tensor, Tensor]:
+        """Scale-free length advantages (module docstring); group and batch statistics span all processes.
+        ``weights`` ``(B, T)`` scale each token's credit before normalization (the settled-answer charge)."""
         args = self.args
-        credits = relative_length_credits(values, completion_mask, self.length_critic.gamma, terminated)
+        estimate = unbiased_length_credits if args.length_estimator == "unbiased" else relative_length_credits
+        credits = estimate(values, completion_mask, self.length_critic.gamma, terminated)
+        if weights is not None:
+            credits = credits * weights
         outcomes = credits.sum(dim=1)
         gathered = self.accelerator.gather(torch.stack([outcomes, passed.to(outcomes.dtype)], dim=1))
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
@@ -618,6 +764,26 @@ def _load_critic(critic: LengthValueModel | str | None, args: LenVMGRPOConfig,
             "the critic has no gamma in its config; set critic_gamma to the γ it was trained with (using another γ "
             "than the training one mis-reads every value)"
         )
+    return model, tokenizer
+
+
+def _load_frozen_task_critic(args: LenVMGRPOConfig) -> tuple[LengthValueModel, Any]:
+    """The frozen task critic of ``task_credit: critic`` / ``length_charge: settled`` and its tokenizer (or ``None``):
+    a saved :class:`LengthValueModel` whose head logit is the expected task reward, in float32."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..modeling import LengthValueConfig
+
+    source = args.task_critic_model_name_or_path
+    check_local_path(source, "task_critic_model_name_or_path")
+    model_type = AutoConfig.from_pretrained(source, trust_remote_code=args.trust_remote_code).model_type
+    if model_type != LengthValueConfig.model_type:
+        raise ValueError(f"task_critic_model_name_or_path {source} holds a {model_type!r} model, not a fitted task "
+                         "critic (a LengthValueModel): fit one with lenvm_rl.trainer.ppo.pretrain_task_critic")
+    replicate = args.critic_zero3 == "replicate" and _zero3_enabled()
+    with _zero3_init_disabled() if replicate else nullcontext():
+        model = LengthValueModel.from_pretrained(source, dtype=torch.float32, trust_remote_code=args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source) if (Path(source) / "tokenizer_config.json").exists() else None
     return model, tokenizer
 
 

@@ -53,7 +53,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -77,6 +77,8 @@ TRUNCATION_MODES = ("bootstrap", "terminal")
 @dataclass
 class LenVMPPOConfig(LenVMGRPOConfig):
     """``LenVMGRPOConfig`` plus the task critic and GAE options (see the module docstring for the equations)."""
+
+    _learns_task_critic: ClassVar[bool] = True
 
     task_critic_model_name_or_path: str | None = field(
         default=None,
@@ -110,7 +112,14 @@ class LenVMPPOConfig(LenVMGRPOConfig):
     def _length_modes(self) -> tuple[str, ...]:
         return ("advantage", "shaping", "none")
 
+    def reads_frozen_task_critic(self) -> bool:
+        return False  # the task critic here is learned, and its GAE already gives per-token task credit
+
     def __post_init__(self) -> None:
+        for name, default in (("task_credit", "sequence"), ("length_charge", "all")):
+            if getattr(self, name) != default:
+                raise ValueError(f"{name}={getattr(self, name)!r} is a GRPO option: critic PPO's task advantage is "
+                                 "already per token (GAE over its learned task critic); use lenvm-rl grpo for it")
         super().__post_init__()
         if not 0.0 < self.gamma_task <= 1.0:
             raise ValueError(f"gamma_task must lie in (0, 1], got {self.gamma_task!r}")
@@ -323,7 +332,7 @@ class LenVMPPOTrainer(LenVMGRPOTrainer, _TaskCriticAdvantages):
 
 def pretrain_task_critic(critic: LengthValueModel, rollouts: Sequence[dict[str, Any]], rewards: Sequence[float],
                          pad_token_id: int, steps: int = 300, batch_size: int = 32, learning_rate: float = 1e-3,
-                         seed: int = 0) -> list[float]:
+                         seed: int = 0, progress: bool = True) -> list[float]:
     """Fit a task critic offline to the Monte-Carlo returns of rollouts, before critic PPO starts — as the LenVM
     critic is fitted to the same policy's rollouts before RL.
 
@@ -338,6 +347,7 @@ def pretrain_task_critic(critic: LengthValueModel, rollouts: Sequence[dict[str, 
         rewards: the task reward of each row.
         pad_token_id: the tokenizer's pad id.
         steps, batch_size, learning_rate, seed: AdamW steps over batches drawn with replacement.
+        progress: show a progress bar with the running loss.
 
     Returns:
         the loss of every step.
@@ -352,7 +362,10 @@ def pretrain_task_critic(critic: LengthValueModel, rollouts: Sequence[dict[str, 
     optimizer = torch.optim.AdamW(critic.parameters(), lr=learning_rate)
     critic.train()
     losses = []
-    for _ in range(steps):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(steps), desc="task critic", disable=not progress)
+    for step in bar:
         picks = torch.randint(len(kept), (min(batch_size, len(kept)),), generator=generator).tolist()
         rows = [kept[i][0] for i in picks]
         targets = torch.tensor([kept[i][1] for i in picks], device=device)
@@ -366,6 +379,8 @@ def pretrain_task_critic(critic: LengthValueModel, rollouts: Sequence[dict[str, 
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
     critic.eval()
     return losses
 
