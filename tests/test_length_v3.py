@@ -273,6 +273,26 @@ def test_study_runs_the_v3_variants_and_reports_sample_efficiency(tmp_path):
             assert (tmp_path / name / "sample_efficiency.png").exists()
             log = next(r for r in results if r["label"] == "lenvm_task/batch")["train_log"]
             assert any("task_credit/advantage/std" in entry for entry in log)
+    # the pre-registration restricted to v3 candidates: the ablation keeps the chosen method's settings, and the
+    # confirmatory runs read the sweep's task critic
+    from trl import TrlParser
+
+    from lenvm_rl.scripts.study import StudyConfig
+
+    output = tmp_path / "confirmatory.yaml"
+    assert main(["preregister", "--sweep", str(tmp_path / "curves"), "--output", str(output), "--token_level_methods",
+                 "lenvm_task", "lenvm_settled", "--secondary", "grpo_task", "--eval_at_steps", "10", "25"]) == 0
+    (config,) = TrlParser((StudyConfig,)).parse_args_and_config(["--config", str(output)])
+    assert config.headline_method in ("lenvm_task/batch", "lenvm_settled/batch")
+    assert config.preregistration["token_level_methods"] == ["lenvm_task", "lenvm_settled"]
+    assert config.eval_at_steps == [10, 25] and "grpo_task" in config.methods
+    ablation = config.methods["lenvm_seq/batch"]["options"]
+    assert ablation["task_credit"] == "critic" and ablation["length_estimator"] == "unbiased"
+    for label in (config.headline_method, "lenvm_seq/batch", "grpo_task"):
+        assert config.methods[label]["options"]["task_critic_model_name_or_path"] == str(
+            tmp_path / "curves" / "task-critic")
+    assert main(["preregister", "--sweep", str(tmp_path / "curves"), "--output", str(tmp_path / "x.yaml"),
+                 "--token_level_methods", "linear"]) == 2
     assert [label for label, *_ in finals[0]] == ["grpo_task", "kimi/batch", "lenvm_settled/batch",
                                                    "lenvm_task/batch", "none"]
     assert finals[0] == finals[1]

@@ -630,7 +630,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             _write_json(out / "eval_prompts.json", _prompt_table(config, eval_rows, tokenizer))
 
         for run in runs:
-            if run in finished:
+            # a second process on the same directory (split with --only / --seeds) may have finished it meanwhile
+            if run in finished or (_run_dir(out, run[0], run[2], run[3]) / RESULT_FILE).exists():
                 continue
             label, method, coef, seed = run
             name = run_names[run]

@@ -263,6 +263,7 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
             lines += [f"| {name} | {d['states']} | {d['predicted']:.1f} | {d['oracle']:.1f} | "
                       f"{d['relative_error']:.3f} |" for name, d in decisions.items()]
             lines += [""]
+    lines += _task_critic_section(config.methods, out)
     if start and "forced" in start and prompt_table.get("difficulty"):
         lines += _forced_section(start, prompt_table["difficulty"])
     if stage_seconds:
@@ -379,6 +380,26 @@ def _plot_sample_efficiency(out: Path, efficiency: dict[str, Any], comparator: s
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out / "sample_efficiency.png")
+
+
+def _task_critic_section(variants: dict[str, dict[str, Any]], out: Path) -> list[str]:
+    """The held-out error of every frozen task critic the task-credit variants read (``fit-task-critic``'s
+    ``metrics.json``): a critic no better than a constant makes their task credit a worse baseline, not a signal."""
+    paths = sorted({(v.get("options") or {}).get("task_critic_model_name_or_path") or "pretrained"
+                    for v in variants.values() if METHODS[v["method"]].uses_task_critic})
+    rows = []
+    for path in paths:
+        metrics_file = (out / "task-critic" if path == "pretrained" else Path(path)) / "metrics.json"
+        if metrics_file.exists():
+            metrics = json.loads(metrics_file.read_text())
+            rows.append(f"| `{path}` | {_fmt(metrics.get('eval_mse'), 4)} | {_fmt(metrics.get('constant_mse'), 4)} | "
+                        f"{_fmt(metrics.get('mse_vs_constant'), 2)} |")
+    if not rows:
+        return []
+    return ["## Task critic", "",
+            "The frozen task critic(s) of the task-credit variants, on held-out rollouts of the starting policy: "
+            "token-level squared error against the reward, and a constant's (the mean training reward).", "",
+            "| task critic | held-out MSE | constant's | ratio |", "|---|---|---|---|", *rows, ""]
 
 
 def _merged_stage_seconds(out: Path, stage_seconds: dict[str, float]) -> dict[str, float]:
