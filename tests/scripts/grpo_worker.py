@@ -28,8 +28,9 @@ class RecordingTrainer(LenVMGRPOTrainer):
         self.records.append({"raw": values[mask.bool()].tolist(), "whitened": whitened[mask.bool()].tolist()})
         return whitened
 
-    def _relative_length_advantages(self, values, completion_mask, terminated, passed, mode):
-        advantages, mask = super()._relative_length_advantages(values, completion_mask, terminated, passed, mode)
+    def _relative_length_advantages(self, values, completion_mask, terminated, passed, mode, weights=None):
+        advantages, mask = super()._relative_length_advantages(values, completion_mask, terminated, passed, mode,
+                                                               weights)
         self.records.append({"values": values.tolist(), "completion_mask": completion_mask.tolist(),
                              "terminated": terminated.tolist(), "passed": passed.tolist(),
                              "advantages": advantages.tolist(), "mode": mode})
