@@ -41,7 +41,7 @@ _export(
     "masked_whiten", "normalize_length_credits", "place_length_advantages", "potential_shaping",
     "relative_length_advantages",
     "relative_length_credits", "task_gae", "value_targets", "value_to_length",
-    "unbiased_length_credits", "process_advantages", "task_reward_scale", "settled_mask",
+    "unbiased_length_credits", "process_advantages", "rewards_on_last_token", "task_reward_scale", "settled_mask",
 )
 _export(
     "modeling",
@@ -155,6 +155,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         process_advantages,
         relative_length_advantages,
         relative_length_credits,
+        rewards_on_last_token,
         settled_mask,
         task_gae,
         task_reward_scale,

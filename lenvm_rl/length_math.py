@@ -39,6 +39,7 @@ __all__ = [
     "relative_length_credits",
     "unbiased_length_credits",
     "process_advantages",
+    "rewards_on_last_token",
     "task_reward_scale",
     "settled_mask",
     "length_outcome_statistics",
@@ -428,6 +429,23 @@ def task_reward_scale(rewards: Tensor, group_size: int, scale: str = "batch", mi
     return sigma.clamp(min=float(min_scale))
 
 
+def rewards_on_last_token(rewards: Tensor, completion_mask: Tensor, terminated: Tensor | None = None) -> Tensor:
+    """Per-token rewards holding each row's sequence reward on its last token, 0 elsewhere: what a sequence-level
+    reward is as a token reward. Rows that are not ``terminated`` (cut at the token limit) are paid nothing (their
+    value bootstraps instead); an empty completion has no token to hold it.
+
+    Shapes: ``rewards``/``terminated`` ``(B,)``, ``completion_mask`` ``(B, T)`` → ``(B, T)``."""
+    check_completion_mask(completion_mask)
+    batch, width = completion_mask.shape
+    if rewards.shape != (batch,):
+        raise ValueError(f"rewards must have shape ({batch},), got {tuple(rewards.shape)}")
+    done = torch.ones(batch, dtype=torch.bool, device=rewards.device) if terminated is None else terminated.bool()
+    lengths = completion_mask.to(torch.int64).sum(dim=1)
+    last = torch.arange(width, device=rewards.device)[None, :] == (lengths[:, None] - 1)
+    return torch.where(last & done[:, None], rewards[:, None], torch.zeros((), dtype=rewards.dtype,
+                                                                             device=rewards.device))
+
+
 def process_advantages(
     values: Tensor,
     rewards: Tensor,
@@ -452,16 +470,11 @@ def process_advantages(
     Shapes: ``values`` ``(B, T+1)``, ``rewards``/``sigma``/``terminated`` ``(B,)``, ``completion_mask`` ``(B, T)``
     → ``(B, T)``, exactly 0 where the mask is 0.
     """
-    check_completion_mask(completion_mask)
-    batch, width = completion_mask.shape
-    if rewards.shape != (batch,) or sigma.shape != (batch,):
-        raise ValueError(f"rewards {tuple(rewards.shape)} and sigma {tuple(sigma.shape)} must both be ({batch},)")
-    done = torch.ones(batch, dtype=torch.bool, device=values.device) if terminated is None else terminated.bool()
-    lengths = completion_mask.to(torch.int64).sum(dim=1)
-    last = torch.arange(width, device=values.device)[None, :] == (lengths[:, None] - 1)
-    paid = last & done[:, None]
-    token_rewards = torch.where(paid, rewards.to(values.dtype)[:, None], torch.zeros_like(values[:, 1:]))
-    advantages, _ = task_gae(values, token_rewards, completion_mask, 1.0, lam, done)
+    batch = completion_mask.shape[0]
+    if sigma.shape != (batch,):
+        raise ValueError(f"sigma must have shape ({batch},), got {tuple(sigma.shape)}")
+    token_rewards = rewards_on_last_token(rewards.to(values.dtype), completion_mask, terminated)
+    advantages, _ = task_gae(values, token_rewards, completion_mask, 1.0, lam, terminated)
     return advantages / sigma.to(values.dtype)[:, None]
 
 

@@ -92,15 +92,12 @@ def preregister(args: PreregisterArguments) -> dict:
                                          for k, v in choice.tokens.items()}}
     methods = confirmatory_methods(table, choice, args.secondary or ())
     # the confirmatory runs read the sweep's task critic (they have no rollouts of their own to fit one on)
-    from ..study.methods import METHODS
+    from ..study.methods import reads_pretrained_task_critic
 
     for variant in methods.values():
-        options = variant.setdefault("options", {})
-        if options.get("task_critic_model_name_or_path") == "pretrained" or (
-                METHODS[variant["method"]].uses_task_critic and "task_critic_model_name_or_path" not in options):
-            options["task_critic_model_name_or_path"] = str(sweep / "task-critic")
-        if not options:
-            del variant["options"]
+        if reads_pretrained_task_critic(variant):
+            variant["options"] = {**(variant.get("options") or {}),
+                                  "task_critic_model_name_or_path": str(sweep / "task-critic")}
     ablation = next((label for label in methods if methods[label]["method"] == "lenvm_seq"), None)
     recipe = {"output_dir": args.output_dir, "policy": policy, "critic": critic,
               **{key: config[key] for key in _SHARED if key in config},

@@ -38,7 +38,6 @@ __all__ = ["StudyConfig", "run_study", "main", "DEFAULT_METHODS", "DATACLASSES"]
 logger = logging.getLogger(__name__)
 
 BUILTIN = "builtin"
-PRETRAINED = "pretrained"
 CONFIG_FILE = "study_config.json"
 RESULT_FILE = "result.json"
 
@@ -445,15 +444,14 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     from datasets import Dataset
 
     from ..study.evaluate import EvaluateAtSteps
-    from ..study.methods import METHODS, plan_run
+    from ..study.methods import plan_run, reads_pretrained_task_critic
 
     variant = config.methods[label]
     options = dict(variant.get("options") or {})
-    if options.get("task_critic_model_name_or_path") == PRETRAINED:
+    if reads_pretrained_task_critic(variant):
         options["task_critic_model_name_or_path"] = str(out / "task-critic")
-    task_critic = str(out / "task-critic") if METHODS[method].uses_task_critic else None
     plan = plan_run(method, coef, task_rewards, config.max_completion_length, critic, options,
-                    success_threshold=config.success_threshold, task_critic_path=task_critic)
+                    success_threshold=config.success_threshold)
     run_dir = _run_dir(out, label, coef, seed)
     args = plan.config_class(
         output_dir=str(run_dir / "trainer"), max_steps=config.rl_steps,
@@ -562,7 +560,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     runs = [(label, method, coef, seed) for seed in config.seeds for label, method, coef in config.variants()]
     run_names = {run: f"{run[0]} {run[2]:g} seed {run[3]}" for run in runs}
     finished = _finished_runs(config, out, runs)
-    from ..study.methods import METHODS, run_fingerprint
+    from ..study.methods import METHODS, reads_pretrained_task_critic, run_fingerprint
 
     weight = {run: (1.6 if METHODS[run[1]].trainer == "ppo" else 1.0) for run in runs}
     stages = [("warm-up", 0.0 if config.policy != BUILTIN else config.warmup_steps / 150),
@@ -577,10 +575,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     if (out / "start.json").exists():
         done.add("starting policy")
     needs_task_critic = not (out / "task-critic" / "config.json").exists() and any(
-        (config.methods[run[0]].get("options") or {}).get("task_critic_model_name_or_path") == PRETRAINED
-        or (METHODS[run[1]].uses_task_critic
-            and "task_critic_model_name_or_path" not in (config.methods[run[0]].get("options") or {}))
-        for run in runs)
+        reads_pretrained_task_critic(config.methods[run[0]]) for run in runs)
     if not needs_task_critic:
         done.add("task critic")
     clock = StageClock(stages, done)

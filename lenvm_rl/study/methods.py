@@ -93,6 +93,17 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
+# the option value asking the study for a task critic fitted to its own rollouts of the starting policy
+PRETRAINED = "pretrained"
+
+
+def reads_pretrained_task_critic(variant: dict[str, Any]) -> bool:
+    """Whether a study variant reads the study's pretrained task critic: it asks for it
+    (``task_critic_model_name_or_path: pretrained``), or its method needs a task critic and names none."""
+    path = (variant.get("options") or {}).get("task_critic_model_name_or_path")
+    return path == PRETRAINED or (METHODS[variant["method"]].uses_task_critic and path is None)
+
+
 @dataclass
 class RunPlan:
     """What one (method, coefficient) run needs: the trainer and config classes, the reward functions (the first
@@ -128,13 +139,13 @@ def check_method_options(method: str, options: dict[str, Any], where: str) -> No
 
 def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]], max_completion_length: int,
              critic_path: str | None, options: dict[str, Any] | None = None,
-             success_threshold: float = 1.0, task_critic_path: str | None = None) -> RunPlan:
+             success_threshold: float = 1.0) -> RunPlan:
     """The :class:`RunPlan` of ``method`` at ``coef``. ``task_rewards[0]`` is the correctness reward; a completion
     is correct when it reaches ``success_threshold``, and that one definition is used by every gate (Kimi's and Arora
     & Zanette's correctness gates, LenVM's ``length_gate_threshold``) as by the study's evaluation. The other task
-    rewards (format rewards, ...) are kept as they are. ``task_critic_path`` is the frozen task critic of the
-    task-credit methods. ``options`` are config overrides of the variant (e.g. ``scale_rewards: batch``), applied
-    last."""
+    rewards (format rewards, ...) are kept as they are. ``options`` are config overrides of the variant (e.g.
+    ``scale_rewards: batch``), applied last; the task-credit methods need ``task_critic_model_name_or_path`` among
+    them."""
     spec = METHODS.get(method)
     if spec is None:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
@@ -164,11 +175,8 @@ def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]
             overrides["length_credit"] = "sequence"
         if method == "lenvm_value":
             overrides["length_units"] = "value"
-    if spec.uses_task_critic:
-        if task_critic_path is None and "task_critic_model_name_or_path" not in (options or {}):
-            raise ValueError(f"method {method!r} needs a task critic (task_critic_path, or the option "
-                             "task_critic_model_name_or_path)")
-        overrides["task_critic_model_name_or_path"] = task_critic_path
+    if spec.uses_task_critic and not (options or {}).get("task_critic_model_name_or_path"):
+        raise ValueError(f"method {method!r} needs a task critic: the option task_critic_model_name_or_path")
     overrides.update(dict(spec.overrides))
     if spec.trainer == "ppo":
         overrides.setdefault("task_critic_learning_rate", 1e-3)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .methods import METHODS, SEQUENCE_LEVEL, TOKEN_LEVEL
+from .methods import METHODS, PRETRAINED, SEQUENCE_LEVEL, TOKEN_LEVEL
 from .report import StudyTable, _frontier
 from .stats import tokens_at_accuracy
 
@@ -121,7 +121,7 @@ def confirmatory_methods(table: StudyTable, choice: PairChoice, secondary: Seque
         # the ablation keeps everything of the chosen variant (its method's settings too) but the token placement
         options = {**dict(METHODS[chosen["method"]].overrides), **dict(chosen.get("options") or {})}
         if METHODS[chosen["method"]].uses_task_critic:
-            options.setdefault("task_critic_model_name_or_path", "pretrained")
+            options.setdefault("task_critic_model_name_or_path", PRETRAINED)
         suffix = f"/{options['scale_rewards']}" if "scale_rewards" in options else ""
         variants[f"lenvm_seq{suffix}"] = {"method": "lenvm_seq", "grid": choice.token_level_grid, "options": options}
     accuracy = np.nanmean(table.metrics["correct"], axis=(1, 2))

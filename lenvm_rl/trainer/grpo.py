@@ -510,9 +510,7 @@ class LenVMGRPOTrainer(GRPOTrainer):
                     micro_batch_size=self.args.critic_batch_size, read="logits").float()
         if self.args.task_credit == "critic":
             process = self._process_advantages(task_values, completion_mask, terminated, mode)
-            task = output["advantages"]
-            output["advantages"] = ((task if task.dim() == 2 else task[:, None])
-                                    + self.args.task_credit_coef * process.to(task.dtype))
+            _add_token_advantages(output, self.args.task_credit_coef * process)
         if not with_length:
             return output
         values = self.score_lengths(prompt_ids, prompt_mask, completion_ids, completion_mask)
@@ -530,8 +528,7 @@ class LenVMGRPOTrainer(GRPOTrainer):
             term, mask = self._value_length_advantages(values, completion_mask, terminated, passed)
         self._log_masked_stats(mode, "length/advantage", term, mask)
         coef = self.current_length_coef()
-        task = output["advantages"]
-        output["advantages"] = (task if task.dim() == 2 else task[:, None]) + coef * term.to(task.dtype)
+        _add_token_advantages(output, coef * term)
         self._log_critic_metrics(mode, coef, values, terminated, completion_mask)
         if self.args.critic_refresh and mode == "train":
             self._refresh_critic(prompt_ids, prompt_mask, completion_ids, completion_mask, terminated)
@@ -575,9 +572,7 @@ class LenVMGRPOTrainer(GRPOTrainer):
         rows = slice(self.accelerator.process_index * batch, (self.accelerator.process_index + 1) * batch)
         process = process_advantages(task_values, rewards, completion_mask, sigma[rows], self.args.task_credit_lam,
                                      terminated)
-        start = self.accelerator.process_index * batch
-        scorable = ~torch.isnan(self._last_rewards_per_func[start:start + batch]).all(dim=1)
-        process = process * scorable.to(process.dtype).to(process.device)[:, None]
+        process = process * self._local_scorable(batch).to(process.dtype).to(process.device)[:, None]
         self._log_masked_stats(mode, "task_credit/advantage", process, completion_mask.to(process.dtype))
         self._log_masked_stats(mode, "task_credit/value", task_values[:, :-1], completion_mask.to(process.dtype))
         return process
@@ -656,6 +651,11 @@ class LenVMGRPOTrainer(GRPOTrainer):
         start = self.accelerator.process_index * local_batch
         return rewards[start:start + local_batch]
 
+    def _local_scorable(self, local_batch: int) -> Tensor:
+        """``(B,)`` bool: this process's completions some reward function scored (TRL gives the others no
+        advantage)."""
+        return ~torch.isnan(self._local_rewards_per_func(local_batch)).all(dim=1)
+
     def _local_task_rewards(self, local_batch: int) -> Tensor:
         """This process's rows of the weighted task reward (``Σ_k w_k r_k``) of the last generation batch."""
         rewards = self._local_rewards_per_func(local_batch)
@@ -726,6 +726,13 @@ class LenVMGRPOTrainer(GRPOTrainer):
         self._metrics["train"]["critic/refresh_loss"].append(float(total_loss))
 
 
+def _add_token_advantages(output: dict[str, Any], term: Tensor) -> None:
+    """``output["advantages"] += term`` per token: TRL's ``(B,)`` advantages become ``(B, T)``, which its loss
+    accepts."""
+    advantages = output["advantages"]
+    output["advantages"] = (advantages if advantages.dim() == 2 else advantages[:, None]) + term.to(advantages.dtype)
+
+
 def _critic_dtype(args: LenVMGRPOConfig) -> torch.dtype:
     if args.critic_dtype == "auto":
         return torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else torch.float32)
@@ -735,8 +742,6 @@ def _critic_dtype(args: LenVMGRPOConfig) -> torch.dtype:
 def _load_critic(critic: LengthValueModel | str | None, args: LenVMGRPOConfig,
                  critic_processing_class: Any) -> tuple[LengthValueModel, Any]:
     """Load or check the critic before any generation; returns ``(critic, critic_tokenizer_or_None)``."""
-    from transformers import AutoTokenizer
-
     source = critic if critic is not None else args.critic_model_name_or_path
     if source is None:
         raise ValueError(
@@ -748,13 +753,8 @@ def _load_critic(critic: LengthValueModel | str | None, args: LenVMGRPOConfig,
         path = Path(source)
         if not path.exists() and (path.is_absolute() or str(source).startswith(".") or os.sep in str(source)):
             raise FileNotFoundError(f"critic {source} does not exist")
-        # A replicated critic must be built whole: outside ZeRO-3's zero.Init, which would partition it at load.
-        replicate = args.critic_zero3 == "replicate" and _zero3_enabled()
-        with _zero3_init_disabled() if replicate else nullcontext():
-            model = LengthValueModel.from_pretrained(source, dtype=_critic_dtype(args),
-                                                     trust_remote_code=args.trust_remote_code)
-        if tokenizer is None and (path / "tokenizer_config.json").exists():
-            tokenizer = AutoTokenizer.from_pretrained(source)
+        model, saved_tokenizer = _load_saved_critic(source, args, _critic_dtype(args), tokenizer is None)
+        tokenizer = tokenizer if tokenizer is not None else saved_tokenizer
     else:
         model = unwrap_critic(source)
     if args.critic_gamma is not None:
@@ -767,10 +767,24 @@ def _load_critic(critic: LengthValueModel | str | None, args: LenVMGRPOConfig,
     return model, tokenizer
 
 
+def _load_saved_critic(source: str | os.PathLike, args: LenVMGRPOConfig, dtype: torch.dtype,
+                       load_tokenizer: bool = True) -> tuple[LengthValueModel, Any]:
+    """A saved :class:`LengthValueModel` (built whole under ZeRO-3 with ``critic_zero3: replicate``) and, with
+    ``load_tokenizer``, the tokenizer saved beside it (``None`` when there is none)."""
+    from transformers import AutoTokenizer
+
+    # A replicated critic must be built whole: outside ZeRO-3's zero.Init, which would partition it at load.
+    replicate = args.critic_zero3 == "replicate" and _zero3_enabled()
+    with _zero3_init_disabled() if replicate else nullcontext():
+        model = LengthValueModel.from_pretrained(source, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    saved = load_tokenizer and (Path(source) / "tokenizer_config.json").exists()
+    return model, AutoTokenizer.from_pretrained(source) if saved else None
+
+
 def _load_frozen_task_critic(args: LenVMGRPOConfig) -> tuple[LengthValueModel, Any]:
     """The frozen task critic of ``task_credit: critic`` / ``length_charge: settled`` and its tokenizer (or ``None``):
     a saved :class:`LengthValueModel` whose head logit is the expected task reward, in float32."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     from ..modeling import LengthValueConfig
 
@@ -780,11 +794,7 @@ def _load_frozen_task_critic(args: LenVMGRPOConfig) -> tuple[LengthValueModel, A
     if model_type != LengthValueConfig.model_type:
         raise ValueError(f"task_critic_model_name_or_path {source} holds a {model_type!r} model, not a fitted task "
                          "critic (a LengthValueModel): fit one with lenvm_rl.trainer.ppo.pretrain_task_critic")
-    replicate = args.critic_zero3 == "replicate" and _zero3_enabled()
-    with _zero3_init_disabled() if replicate else nullcontext():
-        model = LengthValueModel.from_pretrained(source, dtype=torch.float32, trust_remote_code=args.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(source) if (Path(source) / "tokenizer_config.json").exists() else None
-    return model, tokenizer
+    return _load_saved_critic(source, args, torch.float32)
 
 
 def _batch_layout_message(args: LenVMGRPOConfig, error: ValueError) -> str | None:

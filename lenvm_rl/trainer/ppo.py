@@ -62,7 +62,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from ..data import check_local_path, pad_prompt_completion_batch
-from ..length_math import potential_shaping, task_gae
+from ..length_math import potential_shaping, rewards_on_last_token, task_gae
 from ..modeling import LengthValueConfig, LengthValueModel
 from ..signals import terminated_mask
 from .grpo import LenVMGRPOConfig, LenVMGRPOTrainer, _check_vocabulary
@@ -158,26 +158,18 @@ class _TaskCriticAdvantages(GRPOTrainer):
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         batch = len(prompt_ids)
         rewards = self._local_task_rewards(batch).to(completion_mask.device).float()
-        unscorable = torch.isnan(self._last_rewards_per_func).all(dim=1)
-        start = self.accelerator.process_index * batch
-        scorable = (~unscorable[start:start + batch]).to(rewards.dtype).to(rewards.device)
+        scorable = self._local_scorable(batch).to(rewards.dtype).to(rewards.device)
 
         with torch.no_grad():
             old_values = self._task_values(prompt_ids, prompt_mask, completion_ids, completion_mask)
         mask = completion_mask.float()
-        lengths = completion_mask.long().sum(dim=1)
-        token_rewards = torch.zeros_like(mask)
-        # The sequence reward sits on the last generated token; an empty completion (L = 0) has no token to hold it.
-        rows = torch.nonzero(lengths > 0).flatten()
-        token_rewards[rows, lengths[rows] - 1] = rewards[rows]
         terminated = terminated_mask(completion_ids, completion_mask, self.eos_token_ids)
         if self.args.truncated_task_value == "terminal":
             terminated = torch.ones_like(terminated)
-        else:
-            # A cut completion's episode has not ended: its value is the critic's V(s_L), and the reward functions'
-            # score of the cut text is not paid on top (paying both makes a γ = 1 critic drift upward without bound,
-            # since every truncation would add a reward and promise more of the same).
-            token_rewards = token_rewards * terminated.to(token_rewards.dtype)[:, None]
+        # A cut completion's episode has not ended (bootstrap): its value is the critic's V(s_L), and the reward
+        # functions' score of the cut text is not paid on top (paying both makes a γ = 1 critic drift upward without
+        # bound, since every truncation would add a reward and promise more of the same).
+        token_rewards = rewards_on_last_token(rewards, completion_mask, terminated)
         if self.args.length_mode == "shaping":
             potential = self.score_lengths(prompt_ids, prompt_mask, completion_ids, completion_mask)
             shaping = potential_shaping(potential, completion_mask, self.args.gamma_task, terminated)
