@@ -82,6 +82,7 @@ _export("decoding.prediction", "predict_length", "tokenize_prompts")
 _export("decoding.length_score", "length_deviation", "length_score", "summarize_length_control")
 _export("tiny", "build_tiny_tokenizer", "fit_causal_lm", "save_tiny_causal_lm", "tiny_decoder_config")
 _export("study.evaluate", "EvaluateAtSteps", "evaluate_policy")
+_export("study.tasks", "StudyTask", "get_task", "register_task", "task_names")
 _export("study.methods", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "MethodSpec", "RunPlan", "check_method_options",
         "plan_run", "expand_normalizations", "normalization_of", "normalization_gaps", "run_fingerprint")
 _export("study.stats", "accuracy_at_tokens", "paired_bootstrap", "pareto_frontier", "percentile_interval",
@@ -207,6 +208,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         t_interval,
         tokens_at_accuracy,
     )
+    from .study.tasks import StudyTask, get_task, register_task, task_names
     from .tiny import build_tiny_tokenizer, fit_causal_lm, save_tiny_causal_lm, tiny_decoder_config
     from .trainer.critic import (
         LenVMConfig,

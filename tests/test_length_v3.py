@@ -277,7 +277,7 @@ def test_study_runs_the_v3_variants_and_reports_sample_efficiency(tmp_path):
     # confirmatory runs read the sweep's task critic
     from trl import TrlParser
 
-    from lenvm_rl.scripts.study import StudyConfig
+    from lenvm_rl.study.runner import StudyConfig
 
     output = tmp_path / "confirmatory.yaml"
     assert main(["preregister", "--sweep", str(tmp_path / "curves"), "--output", str(output), "--token_level_methods",

@@ -96,7 +96,9 @@ def _layer(module: str) -> int:
     """0 math, 1 model/data, 2 trainers/decoding/study, 3 jobs and the CLI."""
     if module in ("lenvm_rl.length_math", "lenvm_rl.io"):
         return 0
-    if module.startswith(("lenvm_rl.scripts", "lenvm_rl.cli", "lenvm_rl.__main__")):
+    # the study runner orchestrates the fit-critic and fit-task-critic jobs, so it sits with the jobs: no library
+    # module may import it
+    if module.startswith(("lenvm_rl.scripts", "lenvm_rl.cli", "lenvm_rl.__main__", "lenvm_rl.study.runner")):
         return 3
     if module.startswith(("lenvm_rl.trainer", "lenvm_rl.decoding", "lenvm_rl.study")):
         return 2

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from lenvm_rl.cli import main
-from lenvm_rl.scripts import study as study_job
+from lenvm_rl.study import runner as study_job
 
 TINY = {
     "seeds": [0], "warmup_problems": 300, "warmup_steps": 20, "warmup_hidden_size": 32, "warmup_layers": 1,
@@ -132,9 +132,19 @@ def test_missing_prompt_column_is_named(tmp_path, capsys):
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"question": f"add {i} {i}", "answer": str(2 * i)}) + "\n" for i in range(20)))
     recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"), dataset=str(data),
-                          policy=str(tmp_path), eval_prompts=4)
+                          policy=str(tmp_path), eval_prompts=4, reward_funcs=["arithmetic_correctness"])
     assert main(["study", "--config", str(recipe)]) == 2
     assert "prompt column 'prompt' not found" in capsys.readouterr().err
+
+
+def test_a_dataset_without_its_reward_is_refused_before_anything_runs(tmp_path, capsys):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(json.dumps({"prompt": "add 1 1", "answer": "2"}) + "\n")
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"), dataset=str(data),
+                          policy=str(tmp_path))
+    assert main(["study", "--config", str(recipe)]) == 2
+    assert "reward_funcs: name the correctness reward of dataset" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_changed_run_settings_are_refused(finished, tmp_path, capsys):
@@ -159,7 +169,7 @@ def test_a_ppo_variant_can_start_from_a_task_critic_pretrained_on_the_rollouts(t
 
 
 @pytest.mark.parametrize("recipe", ["recipes/study/confirmatory.yaml", "recipes/study/sweep.yaml",
-                                    "recipes/study/v3_sweep.yaml"])
+                                    "recipes/study/v3_sweep.yaml", "recipes/study/multi_parity_sweep.yaml"])
 def test_shipped_study_recipes_are_valid(recipe):
     from pathlib import Path
 
@@ -227,3 +237,40 @@ def test_a_length_bonus_grid_is_refused(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"), methods=methods)
     assert main(["study", "--config", str(recipe)]) == 2
     assert "makes a length method reward length" in capsys.readouterr().err
+
+
+def test_the_long_task_runs_through_the_same_harness_and_its_preregistration_keeps_the_task(tmp_path):
+    """task: multi_parity goes through every stage a real run takes (warm-up on its data, critic, task critic, GRPO,
+    its diagnostics and segment rates in the report), and a confirmatory recipe written from it stays on it."""
+    out = tmp_path / "out"
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml", output_dir=str(out), task="multi_parity", max_completion_length=64,
+        task_critic_steps=4, warmup_problems=200, warmup_steps=10,
+        headline_method="lenvm_task/batch", ablation_method="lenvm_seq/batch",
+        methods={"none": {"method": "none"}, "kimi": {"method": "kimi", "grid": [0.4]},
+                 "lenvm_task": {"method": "lenvm_task", "grid": [0.5]}})
+    assert main(["study", "--config", str(recipe)]) == 0
+    report = (out / "report.md").read_text()
+    assert "trace long rate | trace short rate | check rate" in report
+    assert "| bits of the first string (its part's accuracy) |" in report
+    critic = json.loads((out / "critic_metrics.json").read_text())
+    assert set(critic["decisions"]) <= {"first token", "after an answer"} and "first token" in critic["decisions"]
+    table = json.loads((out / "eval_prompts.json").read_text())
+    assert table["ideal_structure"] == {"trace_long": 1.0, "trace_short": 0.0, "check": 0.0}
+    assert all(25 <= tokens <= 260 for tokens in table["ideal_tokens"])
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {row["variant"] for row in rows} == {"none", "kimi/batch", "lenvm_task/batch"}
+    assert all("check_rate" in row and "trace_long_rate" in row for row in rows)
+
+    confirmatory = tmp_path / "confirmatory.yaml"
+    assert main(["preregister", "--sweep", str(out), "--output", str(confirmatory), "--output_dir",
+                 str(tmp_path / "conf"), "--seeds", "1", "2", "3", "4", "5", "--grid_points", "3"]) == 0
+    written = yaml.safe_load(confirmatory.read_text())
+    assert written["task"] == "multi_parity" and written["policy"] == str(out / "policy")
+    assert written["methods"]["lenvm_task/batch"]["grid"] == pytest.approx([0.25, 0.5, 1.0])
+    assert written["methods"]["lenvm_task/batch"]["options"]["task_critic_model_name_or_path"] == str(
+        out / "task-critic")
+    from trl import TrlParser
+
+    (config,) = TrlParser((study_job.StudyConfig,)).parse_args_and_config(["--config", str(confirmatory)])
+    assert config.study_task().name == "multi_parity"

@@ -173,11 +173,16 @@ def test_preregistration_rule_picks_the_pair_and_never_the_ablation():
     methods = confirmatory_methods(table, choice)
     assert set(methods) == {"none", "kimi/batch", "lenvm/batch", "lenvm_seq/batch"}
     assert methods["lenvm_seq/batch"]["options"] == {"scale_rewards": "batch"}
+    three = choose_pair(table, drop=0.01, grid_points=3)
+    assert three.comparator_grid == pytest.approx([0.2, 0.4, 0.8])
+    assert three.token_level_grid == pytest.approx([0.25, 0.5, 1.0])
+    assert confirmatory_methods(table, three, grid_points=3)["lenvm_seq/batch"]["grid"] == pytest.approx(
+        [0.25, 0.5, 1.0])
 
 
 def test_headline_compares_the_preregistered_pair_not_the_best_baseline(tmp_path):
-    from lenvm_rl.scripts.study import StudyConfig
     from lenvm_rl.study.report import write_report
+    from lenvm_rl.study.runner import StudyConfig
 
     record = {"rule": "test", "sweep_seeds": [100], "token_level": "lenvm/batch", "comparator": "linear/batch"}
     config = StudyConfig(output_dir=str(tmp_path), methods={k: {**v, "grid": [1.0]} if k != "none" else v
@@ -195,7 +200,7 @@ def test_headline_compares_the_preregistered_pair_not_the_best_baseline(tmp_path
 
 
 def test_confirmatory_seeds_must_not_reuse_the_sweep_seeds():
-    from lenvm_rl.scripts.study import StudyConfig
+    from lenvm_rl.study.runner import StudyConfig
 
     record = {"rule": "r", "sweep_seeds": [100, 101], "token_level": "lenvm/batch", "comparator": "linear/batch"}
     methods = {k: {**v, "grid": [1.0]} if k != "none" else v for k, v in VARIANTS.items()}
@@ -265,8 +270,8 @@ def test_critic_ppo_frontiers_start_at_ppo_none():
 
 
 def test_report_reads_the_greedy_frontier_beside_the_sampled_one(tmp_path):
-    from lenvm_rl.scripts.study import StudyConfig
     from lenvm_rl.study.report import write_report
+    from lenvm_rl.study.runner import StudyConfig
 
     # sampled: lenvm beats linear (24 vs 30 tokens); greedy: both at accuracy 1.0, lenvm longer (10 vs 5 tokens)
     greedy = {key: (12.0, 1.0) for key in POINTS}
@@ -284,7 +289,7 @@ def test_report_reads_the_greedy_frontier_beside_the_sampled_one(tmp_path):
 def test_changed_variant_under_the_same_label_is_refused_or_rerun(tmp_path):
     import json
 
-    from lenvm_rl.scripts.study import RESULT_FILE, StudyConfig, _finished_runs, _run_dir
+    from lenvm_rl.study.runner import RESULT_FILE, StudyConfig, _finished_runs, _run_dir
 
     methods = {"none": {"method": "none"}, "lin": {"method": "linear", "grid": [0.1],
                                                    "options": {"scale_rewards": "batch"}}}
@@ -321,8 +326,8 @@ def test_every_method_runs_under_every_normalization():
 
     from trl import TrlParser
 
-    from lenvm_rl.scripts.study import StudyConfig
     from lenvm_rl.study.methods import normalization_gaps, normalization_of
+    from lenvm_rl.study.runner import StudyConfig
 
     config = StudyConfig(methods={"none": {"method": "none"}, "lenvm": {"method": "lenvm", "grid": [0.5]},
                                   "kimi/batch": {"method": "kimi", "grid": [0.1], "options": {"scale_rewards":
@@ -345,7 +350,7 @@ def test_shipped_grids_have_one_ratio():
 
     import yaml
 
-    from lenvm_rl.scripts.study import DEFAULT_METHODS
+    from lenvm_rl.study.runner import DEFAULT_METHODS
 
     recipes = Path(__file__).resolve().parents[1] / "recipes" / "study"
     sweeps = [yaml.safe_load((recipes / name).read_text())["methods"] for name in ("sweep.yaml", "v3_sweep.yaml")]
@@ -372,3 +377,18 @@ def test_trl_seam_is_checked():
 
     with pytest.raises(ImportError, match=r"_generate_and_score_completions\('self', 'inputs', 'extra'\)"):
         check_trl_seam(Moved, "9.9")
+
+
+def test_token_budget_grids_tighten_from_the_chosen_budget():
+    from lenvm_rl.study.preregister import confirmatory_grid
+    from lenvm_rl.study.report import StudyTable
+
+    variants = {"none": {"method": "none"}, "budget": {"method": "budget"}}
+    points = {("none", 0.0): (40.0, 0.90), ("budget", 32.0): (30.0, 0.895), ("budget", 14.0): (12.0, 0.70)}
+    table = StudyTable(_results(points), variants)
+    accuracy = np.nanmean(table.metrics["correct"], axis=(1, 2))
+    tokens = np.nanmean(table.metrics["tokens"], axis=(1, 2))
+    assert confirmatory_grid(table, "budget", accuracy, tokens, 0.89) == [72.0, 48.0, 32.0, 21.0]
+    assert confirmatory_grid(table, "budget", accuracy, tokens, 0.89, points=3) == [48.0, 32.0, 21.0]
+    with pytest.raises(ValueError, match="needs ≥ 2 points"):
+        confirmatory_grid(table, "budget", accuracy, tokens, 0.89, points=1)

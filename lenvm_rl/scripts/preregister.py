@@ -17,7 +17,7 @@ from ..io import write_text_atomically
 __all__ = ["PreregisterArguments", "preregister", "main"]
 
 # settings a confirmatory study must share with its sweep for the choice to carry over
-_SHARED = ("dataset", "train_split", "eval_split", "prompt_column", "difficulty_column", "reward_funcs",
+_SHARED = ("task", "dataset", "train_split", "eval_split", "prompt_column", "difficulty_column", "reward_funcs",
            "success_threshold", "data_seed", "train_prompts", "rl_steps", "rl_prompts_per_step", "rl_generations",
            "rl_learning_rate", "rl_temperature", "rl_beta", "max_completion_length", "eval_temperature",
            "eval_greedy", "accuracy_drops", "threads")
@@ -42,6 +42,9 @@ class PreregisterArguments:
                                         "recorded in the pre-registration. Default: every token-level method."})
     secondary: list[str] | None = field(
         default=None, metadata={"help": "Sweep variant labels to carry as secondary rows, each on the rule's grid."})
+    grid_points: int = field(
+        default=4, metadata={"help": "Points of each confirmatory grid (4: c* × (1/4, 1/2, 1, 2); 3: "
+                                     "c* × (1/2, 1, 2)); fix it with the rule, before the sweep runs."})
     eval_at_steps: list[int] | None = field(
         default=None, metadata={"help": "Inner evaluation steps of the confirmatory runs (sample efficiency)."})
 
@@ -55,7 +58,7 @@ def preregister(args: PreregisterArguments) -> dict:
 
     from ..study.preregister import RULE, choose_pair, confirmatory_methods
     from ..study.report import collect
-    from .study import CONFIG_FILE, load_results
+    from ..study.runner import CONFIG_FILE, load_results
 
     sweep = Path(args.sweep)
     saved = sweep / CONFIG_FILE
@@ -78,10 +81,11 @@ def preregister(args: PreregisterArguments) -> dict:
         unknown = sorted(set(args.token_level_methods) - set(TOKEN_LEVEL))
         if unknown:
             raise ValueError(f"token_level_methods: {unknown} are not token-level methods ({list(TOKEN_LEVEL)})")
-    choice = choose_pair(table, drop, args.token_level_methods)
+    choice = choose_pair(table, drop, args.token_level_methods, args.grid_points)
     policy = str(sweep / "policy") if config["policy"] == "builtin" else config["policy"]
     critic = str(sweep / "critic") if config["critic"] == "train" else config["critic"]
-    record = {"rule": RULE.format(drop=drop), "sweep": str(sweep), "sweep_seeds": config["seeds"],
+    record = {"rule": RULE.format(drop=drop, points=args.grid_points), "sweep": str(sweep),
+              "sweep_seeds": config["seeds"],
               "token_level": choice.token_level, "comparator": choice.comparator,
               "token_level_grid": choice.token_level_grid, "comparator_grid": choice.comparator_grid,
               "token_level_candidates": choice.token_level_candidates,
@@ -90,7 +94,7 @@ def preregister(args: PreregisterArguments) -> dict:
               "sweep_target_accuracy": round(choice.target_accuracy, 4),
               "sweep_tokens_at_target": {k: (round(v, 2) if v != float("inf") else "unreached")
                                          for k, v in choice.tokens.items()}}
-    methods = confirmatory_methods(table, choice, args.secondary or ())
+    methods = confirmatory_methods(table, choice, args.secondary or (), args.grid_points)
     # the confirmatory runs read the sweep's task critic (they have no rollouts of their own to fit one on)
     from ..study.methods import reads_pretrained_task_critic
 

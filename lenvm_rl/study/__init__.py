@@ -1,7 +1,8 @@
 """The length-method study: methods in a careful user's position, evaluation, statistics and the report.
 
-The harness that runs it is the ``lenvm-rl study`` job (:mod:`lenvm_rl.scripts.study`); these modules are what it
-(and anyone comparing length methods in their own code) builds on."""
+The harness that runs it is :mod:`lenvm_rl.study.runner` (the ``lenvm-rl study`` job parses a recipe and calls it),
+on the tasks registered in :mod:`lenvm_rl.study.tasks`; these modules are what it (and anyone comparing length
+methods in their own code) builds on."""
 
 from .evaluate import EvaluateAtSteps, evaluate_policy
 from .methods import (

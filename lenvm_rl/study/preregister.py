@@ -35,7 +35,8 @@ RULE = (
     "Comparator: the sequence-level variant with the fewest; token-level: the token-level variant (ablations "
     "excluded) with the fewest; ties broken by tokens at a0 − 2·{drop}, then by label. Grid of each: c* × "
     "(1/4, 1/2, 1, 2) with c* the sweep coefficient with the fewest tokens among the variant's points at or above "
-    "the target accuracy (its weakest coefficient when none is); token budgets c* × (2.25, 1.5, 1, 1/1.5), rounded. "
+    "the target accuracy (its weakest coefficient when none is); token budgets c* × (2.25, 1.5, 1, 1/1.5), rounded "
+    "(with {points} points: the last {points} of each). "
     "The ablation (lenvm_seq under the token-level variant's options) runs on the token-level grid, as secondary."
 )
 
@@ -55,8 +56,12 @@ class PairChoice:
 
 
 def confirmatory_grid(table: StudyTable, label: str, accuracy: np.ndarray, tokens: np.ndarray,
-                      target: float) -> list[float]:
-    """The rule's grid for ``label``: ratio 2 around the sweep's most aggressive coefficient that held ``target``."""
+                      target: float, points: int = 4) -> list[float]:
+    """The rule's grid for ``label``: ratio 2 around the sweep's most aggressive coefficient that held ``target``,
+    ``points`` coefficients ending one step past it (4: ``c* × (1/4, 1/2, 1, 2)``; 3: ``c* × (1/2, 1, 2)``)."""
+    if points < 2:
+        raise ValueError(f"a confirmatory grid needs ≥ 2 points, got {points}")
+    steps = range(2 - points, 2)
     indices = table.indices(label)
     holding = [i for i in indices if accuracy[i] >= target]
     budget = table.method(label) == "budget"
@@ -67,13 +72,12 @@ def confirmatory_grid(table: StudyTable, label: str, accuracy: np.ndarray, token
                                                                                    key=lambda i: table.configs[i][1])
     coef = table.configs[center][1]
     if budget:
-        return [float(max(1, round(coef * factor))) for factor in (BUDGET_RATIO ** 2, BUDGET_RATIO, 1.0,
-                                                                   1 / BUDGET_RATIO)]
-    return [coef * factor for factor in (1 / GRID_RATIO ** 2, 1 / GRID_RATIO, 1.0, GRID_RATIO)]
+        return [float(max(1, round(coef * BUDGET_RATIO ** -k))) for k in steps]
+    return [coef * GRID_RATIO ** k for k in steps]
 
 
-def choose_pair(table: StudyTable, drop: float = 0.01, token_level_methods: Sequence[str] | None = None
-                ) -> PairChoice:
+def choose_pair(table: StudyTable, drop: float = 0.01, token_level_methods: Sequence[str] | None = None,
+                grid_points: int = 4) -> PairChoice:
     """Apply :data:`RULE` to a sweep's finished runs (means over its seeds and prompts). ``token_level_methods``
     restricts the token-level candidates to those methods (a study of one version of the method; the restriction
     goes into the pre-registration record)."""
@@ -98,13 +102,13 @@ def choose_pair(table: StudyTable, drop: float = 0.01, token_level_methods: Sequ
     comparator, token_level = best(sequence), best(token)
     return PairChoice(
         token_level=token_level, comparator=comparator,
-        token_level_grid=confirmatory_grid(table, token_level, accuracy, tokens, target),
-        comparator_grid=confirmatory_grid(table, comparator, accuracy, tokens, target),
+        token_level_grid=confirmatory_grid(table, token_level, accuracy, tokens, target, grid_points),
+        comparator_grid=confirmatory_grid(table, comparator, accuracy, tokens, target, grid_points),
         tokens={label: needed(label, target) for label in sequence + token}, target_accuracy=target,
         token_level_candidates=len(token), comparator_candidates=len(sequence))
 
 
-def confirmatory_methods(table: StudyTable, choice: PairChoice, secondary: Sequence[str] = ()
+def confirmatory_methods(table: StudyTable, choice: PairChoice, secondary: Sequence[str] = (), grid_points: int = 4
                          ) -> dict[str, dict[str, Any]]:
     """The confirmatory study's variants: the anchors, the pair on its grids, the token-level variant's ablation,
     and the ``secondary`` sweep variants (each on the rule's grid for it; reported, never the headline)."""
@@ -131,6 +135,6 @@ def confirmatory_methods(table: StudyTable, choice: PairChoice, secondary: Seque
             raise ValueError(f"secondary variant {label!r} is not a variant of the sweep ({sorted(table.variants)})")
         variant = dict(table.variants[label])
         if METHODS[variant["method"]].uses_coef:
-            variant["grid"] = confirmatory_grid(table, label, accuracy, tokens, choice.target_accuracy)
+            variant["grid"] = confirmatory_grid(table, label, accuracy, tokens, choice.target_accuracy, grid_points)
         variants.setdefault(label, variant)
     return variants

@@ -266,8 +266,8 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
                       f"{d['relative_error']:.3f} |" for name, d in decisions.items()]
             lines += [""]
     lines += _task_critic_section(config.methods, out)
-    if start and "forced" in start and prompt_table.get("difficulty"):
-        lines += _forced_section(start, prompt_table["difficulty"])
+    if start and "forced" in start:
+        lines += _forced_section(start, prompt_table.get("difficulty"))
     if stage_seconds:
         lines += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {name} | {value:.0f} |" for name, value in stage_seconds.items()]
@@ -608,14 +608,19 @@ def _runs_section(table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray, b
                   start: dict[str, Any] | None, prompt_table: dict[str, Any]) -> list[str]:
     difficulty = prompt_table.get("difficulty")
     levels = sorted(set(difficulty)) if difficulty else []
-    structure = "trace" in table.metrics
+    # the task's segments (runs made before tasks were objects: checked parity's)
+    segments = prompt_table.get("segments") or ({"trace": "", "check": ""} if "trace" in table.metrics else {})
+    structure = [key for key in segments if key in table.metrics]
     greedy = "greedy_correct" in table.metrics
     header = ["variant", "coef", "runs", "accuracy (95% CI)", "tokens (95% CI)"]
     header += ["greedy acc", "greedy tokens"] if greedy else []
-    header += ["trace rate", "check rate"] if structure else []
+    header += [f"{key.replace('_', ' ')} rate" for key in structure]
     header += [f"tokens d={d}" for d in levels]
-    lines = ["## Every configuration", "", "Means over seeds and prompts. Rates: fraction of sampled completions that "
-             "write the trace / the check (checked-parity task).", "",
+    described = "; ".join(f"{key.replace('_', ' ')}: {text}" for key, text in segments.items() if text)
+    lines = ["## Every configuration", "", "Means over seeds and prompts."
+             + (f" Rates — {described}." if described else
+                " Rates: fraction of sampled completions that write the trace / the check (checked-parity task).")
+             if structure else "Means over seeds and prompts.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def row(name: str, coef: str, runs: str, metrics: dict[str, np.ndarray], acc_ci: str, tok_ci: str) -> str:
@@ -624,8 +629,8 @@ def _runs_section(table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray, b
         if greedy:
             cells += [_fmt(float(np.nanmean(metrics["greedy_correct"]))) if "greedy_correct" in metrics else "–",
                       _fmt(float(np.nanmean(metrics["greedy_tokens"])), 1) if "greedy_tokens" in metrics else "–"]
-        if structure:
-            cells += [_fmt(float(np.nanmean(metrics[k]))) if k in metrics else "–" for k in ("trace", "check")]
+        cells += [_fmt(float(np.nanmean(metrics[k]))) if k in metrics and np.isfinite(metrics[k]).any() else "–"
+                  for k in structure]
         cells += _by_difficulty(np.asarray(metrics["tokens"]), difficulty)
         return "| " + " | ".join(cells) + " |"
 
@@ -636,7 +641,8 @@ def _runs_section(table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray, b
         ideal = np.asarray(prompt_table["ideal_tokens"], dtype=np.float64)
         cells = ["ideal (analytic)", "–", "–", "1.000 (exact)", f"{ideal.mean():.1f} (exact)"]
         cells += ["1.000", f"{ideal.mean():.1f}"] if greedy else []
-        cells += ["–", "0.000"] if structure else []
+        ideal_structure = prompt_table.get("ideal_structure", {"check": 0.0})
+        cells += [_fmt(ideal_structure[k]) if k in ideal_structure else "–" for k in structure]
         cells += _by_difficulty(ideal, difficulty)
         lines.append("| " + " | ".join(cells) + " |")
     for index, (label, coef) in enumerate(table.configs):
@@ -645,9 +651,11 @@ def _runs_section(table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray, b
                          str(table.count[(label, coef)]), metrics, _interval(boot.get(f"accuracy/{index}")),
                          _interval(boot.get(f"tokens/{index}"), 1)))
     if prompt_table.get("ideal_tokens"):
-        lines += ["", "The ideal row is computed, not trained: the policy that writes the reduction trace only from "
-                  f"{TRACE_PAYS_FROM} bits on (where a small model needs it), never the check, and is always right "
-                  "(`lenvm_rl.tasks.ideal_completion`). Columns d=k: mean tokens on k-bit strings."]
+        note = prompt_table.get("ideal_note") or (
+            f"the policy that writes the reduction trace only from {TRACE_PAYS_FROM} bits on (where a small model "
+            "needs it), never the check, and is always right (`lenvm_rl.tasks.ideal_completion`); columns d=k: mean "
+            "tokens on k-bit strings")
+        lines += ["", f"The ideal row is computed, not trained: {note}."]
     return lines + [""]
 
 
@@ -667,15 +675,20 @@ def _normalization_section(table: StudyTable, point: dict[str, float], baselines
     return lines + [""]
 
 
-def _forced_section(start: dict[str, Any], difficulty: list[Any]) -> list[str]:
+def _forced_section(start: dict[str, Any], difficulty: list[Any] | None) -> list[str]:
     forced = start["forced"]
-    levels = sorted(set(difficulty))
+    # runs made before tasks were objects hold no level of their own: it was the prompt's difficulty (bits)
+    level_of = forced.get("level", difficulty)
+    if not level_of:
+        return []
+    levels = sorted(set(level_of))
     lines = ["## Where the trace pays (starting policy, first decision forced)", "",
-             "| bits | accuracy, answer at once | accuracy, trace | tokens, at once | tokens, trace |",
-             "|---|---|---|---|---|"]
+             f"| {forced.get('level_name', 'bits')} | accuracy, answer at once | accuracy, trace | tokens, at once | "
+             "tokens, trace |", "|---|---|---|---|---|"]
     for level in levels:
-        index = [i for i, d in enumerate(difficulty) if d == level]
-        mean = {key: float(np.mean([forced[key][i] for i in index])) for key in forced}
+        index = [i for i, d in enumerate(level_of) if d == level]
+        mean = {key: float(np.mean([forced[key][i] for i in index])) for key in
+                ("direct_correct", "trace_correct", "direct_tokens", "trace_tokens")}
         lines.append(f"| {level} | {mean['direct_correct']:.3f} | {mean['trace_correct']:.3f} | "
                      f"{mean['direct_tokens']:.1f} | {mean['trace_tokens']:.1f} |")
     return lines + [""]
