@@ -41,7 +41,8 @@ _export(
     "masked_whiten", "normalize_length_credits", "place_length_advantages", "potential_shaping",
     "relative_length_advantages",
     "relative_length_credits", "task_gae", "value_targets", "value_to_length",
-    "unbiased_length_credits", "process_advantages", "rewards_on_last_token", "task_reward_scale", "settled_mask",
+    "unbiased_length_credits", "process_advantages", "budget_overshoot_credits", "rewards_on_last_token",
+    "task_reward_scale", "settled_mask",
 )
 _export(
     "modeling",
@@ -137,6 +138,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         value_space_length,
     )
     from .length_math import (
+        budget_overshoot_credits,
         check_completion_mask,
         check_gamma,
         choose_gamma,

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "budget_overshoot_credits",
     "check_gamma",
     "check_completion_mask",
     "completion_lengths",
@@ -38,6 +39,7 @@ __all__ = [
     "potential_shaping",
     "relative_length_credits",
     "unbiased_length_credits",
+    "budget_overshoot_credits",
     "process_advantages",
     "rewards_on_last_token",
     "task_reward_scale",
@@ -407,6 +409,38 @@ def unbiased_length_credits(
     slope = 1.0 / ((1.0 + current).clamp(min=1e-6) * -math.log(gamma))
     expected = value_to_length(values[:, 0], gamma).clamp(min=1.0)
     return deltas * slope * completion_mask.to(values.dtype) / expected[:, None]
+
+
+def budget_overshoot_credits(
+    values: Tensor, completion_mask: Tensor, budgets: Tensor, gamma: float, terminated: Tensor | None = None
+) -> Tensor:
+    """Per-token budget credit: the change each token makes to the predicted overshoot of the prompt's budget ``N``::
+
+        o_t = max(0, t + l(s_t) - N),   Φ(s_t) = -o_t / N,   c_t = Φ(s_{t+1}) - Φ(s_t),   l(terminal) = 0
+
+    ``t + l(s_t)`` is where the critic predicts the completion will end, so ``c_t < 0`` for a token that pushed the
+    predicted end (further) past the budget and ``c_t > 0`` for one that pulled it back. The credits telescope: over
+    a terminated completion ``Σ_t c_t = (o_0 - max(0, L - N)) / N`` (the realized overshoot against the one predicted
+    at the prompt, which is the same for every completion of the prompt), a truncated row ends at its bootstrap
+    ``o_L = max(0, L + l(s_L) - N)``. A policy whose predicted end stays within the budget at every state earns 0 at
+    every token: the term only ever speaks about overshooting. As a potential difference it keeps the task optimum
+    when it enters a return a critic learns (critic PPO shaping); in GRPO it is a per-token term beside the task
+    advantage, like the length credit. ``N`` is floored at one token.
+
+    Shapes: ``values`` ``(B, T+1)``, ``completion_mask`` ``(B, T)``, ``budgets`` ``(B,)`` tokens, ``terminated``
+    ``(B,)`` → ``(B, T)``, exactly 0 where the mask is 0.
+    """
+    current, following, mask = _remaining_lengths(values, completion_mask, gamma, terminated)
+    budgets = torch.as_tensor(budgets, dtype=values.dtype, device=values.device)
+    if budgets.shape != (completion_mask.shape[0],):
+        raise ValueError(f"budgets must have shape (B,) = ({completion_mask.shape[0]},), got {tuple(budgets.shape)}")
+    if not torch.isfinite(budgets).all() or (budgets <= 0).any():
+        raise ValueError(f"budgets must be finite token counts > 0, got {budgets.tolist()}")
+    budgets = budgets.clamp(min=1.0)[:, None]
+    steps = torch.arange(completion_mask.shape[1], device=values.device, dtype=values.dtype)[None, :]
+    before = (steps + current - budgets).clamp(min=0.0)
+    after = (steps + 1.0 + following - budgets).clamp(min=0.0)
+    return (before - after) * mask / budgets
 
 
 def task_reward_scale(rewards: Tensor, group_size: int, scale: str = "batch", min_scale: float = 0.1) -> Tensor:

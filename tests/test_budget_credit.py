@@ -1,0 +1,67 @@
+"""The budget-overshoot credit: a potential difference over the predicted end of the completion against its budget."""
+
+import math
+
+import pytest
+import torch
+
+from lenvm_rl import budget_overshoot_credits, length_to_value
+
+GAMMA = 0.95
+
+
+def exact_values(lengths, width):
+    """Values of a critic that knows each row's remaining length exactly: V(s_t) = -(1 - γ^(L-t)), 0 from L on."""
+    remaining = torch.tensor([[max(length - t, 0) for t in range(width + 1)] for length in lengths],
+                             dtype=torch.float64)
+    return length_to_value(remaining, GAMMA)
+
+
+def mask_of(lengths, width):
+    return torch.tensor([[1.0 if t < length else 0.0 for t in range(width)] for length in lengths])
+
+
+def test_a_policy_that_ends_inside_its_budget_earns_nothing_at_any_token():
+    lengths, width = [5, 9], 10
+    credits = budget_overshoot_credits(exact_values(lengths, width), mask_of(lengths, width), torch.tensor([12., 9.]),
+                                       GAMMA)
+    assert torch.count_nonzero(credits.abs() > 1e-9) == 0
+
+
+def test_it_telescopes_to_the_realized_against_the_predicted_overshoot():
+    torch.manual_seed(0)
+    width, lengths = 12, [12, 7, 10]
+    mask = mask_of(lengths, width)
+    values = -torch.rand(3, width + 1, dtype=torch.float64) * 0.9  # any critic
+    budgets = torch.tensor([6.0, 4.0, 20.0], dtype=torch.float64)
+    terminated = torch.tensor([False, True, True])
+    credits = budget_overshoot_credits(values, mask, budgets, GAMMA, terminated)
+
+    def remaining(value):
+        return math.log(1 + value) / math.log(GAMMA)
+
+    for row, (length, budget) in enumerate(zip(lengths, budgets.tolist(), strict=True)):
+        predicted = max(0.0, remaining(values[row, 0].item()) - budget)
+        end = remaining(values[row, length].item()) if not terminated[row] else 0.0
+        realized = max(0.0, length + end - budget)
+        assert credits[row].sum().item() == pytest.approx((predicted - realized) / budget, abs=1e-9)
+        assert torch.all(credits[row, length:] == 0)
+
+
+def test_the_token_that_pushes_the_end_past_the_budget_is_the_one_charged():
+    # an exact critic of a policy that stops after 3 tokens unless token 1 opens a 10-token detour
+    width, budget = 14, 6.0
+    values = exact_values([13], width)
+    # before the detour the critic expects 3 tokens to go
+    values[0, :2] = length_to_value(torch.tensor([3.0, 2.0], dtype=torch.float64), GAMMA)
+    credits = budget_overshoot_credits(values, mask_of([13], width), torch.tensor([budget]), GAMMA)
+    # token 1 moves the predicted end from 3 to 13 tokens: overshoot 0 → 7, credit -7/6; no other token is charged
+    assert credits[0, 1].item() == pytest.approx(-7.0 / budget)
+    assert torch.all(credits[0, torch.arange(width) != 1].abs() < 1e-9)
+
+
+@pytest.mark.parametrize("budgets, message", [(torch.tensor([0.0]), "finite token counts > 0"),
+                                              (torch.tensor([3.0, 4.0]), r"budgets must have shape \(B,\)")])
+def test_bad_budgets_are_named(budgets, message):
+    with pytest.raises(ValueError, match=message):
+        budget_overshoot_credits(exact_values([3], 4), mask_of([3], 4), budgets, GAMMA)
