@@ -16,7 +16,7 @@ from lenvm_rl.study.tasks.multi_parity import (
 )
 from lenvm_rl.tasks import warmup_probabilities
 
-PROMPT = [{"role": "user", "content": "parities 10110 011"}]
+PROMPT = [{"role": "user", "content": "parities a:10110 b:011"}]
 
 
 def test_the_built_in_tasks_are_registered_by_name():
@@ -58,13 +58,14 @@ def test_the_study_refuses_an_unknown_task_before_anything_else(tmp_path):
 
 
 @pytest.mark.parametrize("completion, reward", [
-    ("10110: 1110 010 10 1 =1 check 10110 ; 011: =0", 1.0),
-    ("10110: =1 ; 011: 11 0 =0 check 011 and whatever follows", 1.0),
-    ("10110: =1 ; 011: =1", 0.0),            # the second part is wrong
-    ("10110: =1", 0.0),                      # a part is missing
-    ("10110: =1 ; 01: =0", 0.0),             # the second string is restated wrong
+    ("a:10110 1110 010 10 1 =1 check 10110 ; b:011 =0", 1.0),
+    ("a:10110 =1 ; b:011 11 0 =0 check 011 and whatever follows", 1.0),
+    ("a:10110 =1 ; b:011 =1", 0.0),          # the second part is wrong
+    ("a:10110 =1", 0.0),                     # a part is missing
+    ("a:10110 =1 ; b:01 =0", 0.0),           # the second string is restated wrong
+    ("a:10110 =1 ; c:011 =0", 0.0),          # under the wrong key
     ("=1 ; =0", 0.0),                        # no restated strings
-    ("10110: 1110 =0 =1 ; 011: =0", 0.0),    # the first standalone answer counts
+    ("a:10110 1110 =0 =1 ; b:011 =0", 0.0),  # the first standalone answer counts
 ])
 def test_multi_parity_pays_only_when_every_part_is_restated_and_right(completion, reward):
     assert multi_parity_correctness([completion], ["10"], prompts=[PROMPT]) == [reward]
@@ -74,15 +75,15 @@ def test_multi_parity_pays_only_when_every_part_is_restated_and_right(completion
 
 def test_segments_are_counted_per_part_where_they_pay_and_where_they_are_waste():
     task = get_task("multi_parity")
-    found = task.structure("10110: 1110 010 10 1 =1 check 10110 ; 011: 11 0 =0 ; 1101: =1 check 1101")
+    found = task.structure("a:10110 1110 010 10 1 =1 check 10110 ; b:011 11 0 =0 ; c:1101 =1 check 1101")
     assert found == {"trace_long": 0.5, "trace_short": 1.0, "check": pytest.approx(2 / 3)}
-    assert math.isnan(task.structure("010: =1")["trace_long"])
+    assert math.isnan(task.structure("a:010 =1")["trace_long"])
 
 
 def test_the_ideal_completion_traces_exactly_the_long_strings_and_never_checks():
     task = get_task("multi_parity")
-    assert task.ideal_completion({"prompt": [{"role": "user", "content": "parities 10110 011 1101"}]}) == (
-        "10110: 1110 010 10 1 =1 ; 011: =0 ; 1101: 001 01 1 =1")
+    assert task.ideal_completion({"prompt": [{"role": "user", "content": "parities a:10110 b:011 c:1101"}]}) == (
+        "a:10110 1110 010 10 1 =1 ; b:011 =0 ; c:1101 001 01 1 =1")
 
 
 def test_prompts_hold_three_to_five_strings_and_their_parities():
@@ -120,27 +121,35 @@ def _enumerated_remaining(prompt: str, prefix: str, gamma: float) -> float:
 
 def test_the_oracle_remaining_length_matches_brute_force_at_every_decision_state():
     task = get_task("multi_parity")
-    prompt = "parities 10110 011 1101001"
-    completion = "10110: 1110 010 10 1 =1 check 10110 ; 011: =0 ; 1101001: =0"
+    prompt = "parities a:10110 b:011 c:1101001"
+    completion = "a:10110 1110 010 10 1 =1 check 10110 ; b:011 =0 ; c:1101001 =0"
     states = task.decision_states(prompt, completion)
     assert [name for name, _ in states] == ["first token"] + ["after an answer"] * 3
-    assert [prefix for _, prefix in states][1:] == ["10110: 1110 010 10 1 =1", "10110: 1110 010 10 1 =1 check 10110 "
-                                                    "; 011: =0", completion]
+    assert [prefix for _, prefix in states][1:] == ["a:10110 1110 010 10 1 =1", "a:10110 1110 010 10 1 =1 check "
+                                                    "10110 ; b:011 =0", completion]
     for gamma in (0.9, 0.99):
         for _, prefix in states:
             assert task.expected_remaining(prompt, prefix, len, gamma) == pytest.approx(
                 _enumerated_remaining(prompt, prefix, gamma), rel=1e-9)
-    assert task.expected_remaining(prompt, "10110: 11", len, 0.9) is None  # mid-trace: not a decision state
+    assert task.expected_remaining(prompt, "a:10110 11", len, 0.9) is None  # mid-trace: not a decision state
 
 
 def test_parts_keep_their_offsets():
-    text = "10110: =1 check 10110 ; 011: 11 0 =0"
+    text = "a:10110 =1 check 10110 ; b:011 11 0 =0"
     parts = split_parts(text)
-    assert [(offset, header, answer) for offset, header, answer, _, _ in parts] == [(0, "10110", "1"), (24, "011", "0")]
-    assert text[parts[1][0]:].startswith("011:")
+    assert [(offset, header, answer) for offset, header, answer, _, _ in parts] == [(0, "a:10110", "1"),
+                                                                                    (25, "b:011", "0")]
+    assert text[parts[1][0]:].startswith("b:011")
 
 
 def test_the_oracle_skips_prefixes_the_warm_up_policy_never_writes():
     task = get_task("multi_parity")
-    assert task.expected_remaining("parities 10110 011", "10111: =1", len, 0.9) is None
-    assert task.expected_remaining("parities 10110 011", "10110: =1", len, 0.9) is not None
+    assert task.expected_remaining("parities a:10110 b:011", "a:10111 =1", len, 0.9) is None
+    assert task.expected_remaining("parities a:10110 b:011", "a:10110 =1", len, 0.9) is not None
+
+
+@pytest.mark.parametrize("prompt", ["parities b:01 a:10", "parities a:012", "parities", "parity a:0110",
+                                    "parities a:01 b:10 c:11 d:00 e:01 f:10"])
+def test_a_malformed_multi_parity_prompt_is_named(prompt):
+    with pytest.raises(ValueError, match="not a multi-parity prompt"):
+        parse_prompt(prompt)

@@ -1,11 +1,15 @@
 """Multi parity: the long task with many decisions. Several checked-parity problems in one prompt, answered in turn.
 
-A prompt holds 3–5 bit strings of 2–8 bits, ``parities 10110 011 1101001``; the completion answers each in turn,
-parts joined by ``" ; "``, each part restating its string and then taking checked parity's two decisions::
+A prompt holds 3–5 keyed bit strings of 2–8 bits, ``parities a:10110 b:011 c:1101001``; the completion answers
+each in turn, parts joined by ``" ; "``, each part restating its key and string and then taking checked parity's two
+decisions::
 
-    part_i = bits_i ":" " " [reduction(bits_i) " "] "=" parity(bits_i) [" check " bits_i]
+    part_i = key_i ":" bits_i " " [reduction(bits_i) " "] "=" parity(bits_i) [" check " bits_i]
 
-    10110: 1110 010 10 1 =1 check 10110 ; 011: =0 ; 1101001: 011001 11001 0001 001 01 1 =0
+    a:10110 1110 010 10 1 =1 check 10110 ; b:011 =0 ; c:1101001 011001 11001 0001 001 01 1 =0
+
+(The keys are what let a small model find string ``i`` in the prompt: with bare strings a 4-layer warm-up policy
+restated the second and later strings right only 1–5% of the time, counting strings by position being beyond it.)
 
 So a completion runs 20–300 tokens (about 110 at the warm-up policy's rates, characters are tokens with the tiny
 tokenizer) and holds 6–10 decisions at different positions: a reduction trace per part that pays only on the long
@@ -30,10 +34,11 @@ from typing import Any
 from ...tasks import TRACE_PAYS_FROM, Bits, _completion_text, format_reduction, warmup_probabilities
 from . import DecisionEvaluator, StudyTask, register_task
 
-__all__ = ["MultiParity", "Strings", "make_strings", "format_prompt", "format_part", "format_completion",
+__all__ = ["MultiParity", "Strings", "make_strings", "format_prompt", "header", "format_part", "format_completion",
            "parse_prompt", "split_parts", "multi_parity_correctness", "first_part_correctness"]
 
 SEPARATOR = " ; "
+KEYS = "abcde"
 _ANSWER = re.compile(r"(?:^|\s)=(\S+)(?=\s|$)")
 MIN_PARTS, MAX_PARTS = 3, 5
 MIN_BITS, MAX_BITS = 2, 8
@@ -65,38 +70,53 @@ def make_strings(count: int, seed: int = 0) -> list[Strings]:
 
 
 def format_prompt(problem: Strings) -> str:
-    """``"parities 10110 011 1101001"``."""
-    return "parities " + " ".join(part.bits for part in problem.parts)
+    """``"parities a:10110 b:011 c:1101001"``."""
+    return "parities " + " ".join(header(index, part) for index, part in enumerate(problem.parts))
 
 
-def format_part(part: Bits, trace: bool, check: bool) -> str:
-    """One part: ``bits ": " [reduction " "] "=" parity [" check " bits]``."""
-    text = f"{part.bits}: " + (f"{format_reduction(part)} " if trace else "") + f"={part.answer}"
+def header(index: int, part: Bits) -> str:
+    """What part ``index`` starts with (and the prompt names it by): ``"b:011"``."""
+    return f"{KEYS[index]}:{part.bits}"
+
+
+def format_part(index: int, part: Bits, trace: bool, check: bool) -> str:
+    """Part ``index``: ``key ":" bits " " [reduction " "] "=" parity [" check " bits]``."""
+    text = f"{header(index, part)} " + (f"{format_reduction(part)} " if trace else "") + f"={part.answer}"
     return text + (f" check {part.bits}" if check else "")
 
 
 def format_completion(problem: Strings, traces: Sequence[bool], checks: Sequence[bool]) -> str:
     """The parts joined by ``" ; "`` (no EOS), with the trace and check decisions given per part."""
-    return SEPARATOR.join(format_part(part, trace, check)
-                          for part, trace, check in zip(problem.parts, traces, checks, strict=True))
+    return SEPARATOR.join(format_part(index, part, trace, check)
+                          for index, (part, trace, check) in enumerate(zip(problem.parts, traces, checks,
+                                                                           strict=True)))
 
 
 def parse_prompt(prompt: Any) -> Strings:
-    """The :class:`Strings` of ``"parities 10110 011"`` (a string or a one-message chat list)."""
+    """The :class:`Strings` of ``"parities a:10110 b:011"`` (a string or a one-message chat list)."""
     text = prompt[0]["content"] if isinstance(prompt, list) else str(prompt)
     words = text.split()
-    if len(words) < 2 or words[0] != "parities" or any(len(w) < 2 or set(w) - {"0", "1"} for w in words[1:]):
-        raise ValueError(f"not a multi-parity prompt (expected 'parities 0110 101 ...'): {text!r}")
-    return Strings(tuple(Bits(word) for word in words[1:]))
+    keys = [w.partition(":")[0] for w in words[1:]]
+    strings = [w.partition(":")[2] for w in words[1:]]
+    if (len(words) < 2 or words[0] != "parities" or len(words) - 1 > len(KEYS) or keys != list(KEYS[: len(keys)])
+            or any(len(b) < 2 or set(b) - {"0", "1"} for b in strings)):
+        raise ValueError(f"not a multi-parity prompt (expected 'parities a:0110 b:101 ...'): {text!r}")
+    return Strings(tuple(Bits(bits) for bits in strings))
+
+
+def _header_bits(text: str) -> str | None:
+    """The bit string of a part header ``"b:011"`` (``None`` if it is not one)."""
+    key, colon, bits = text.partition(":")
+    return bits if colon and len(key) == 1 and len(bits) >= 2 and not set(bits) - {"0", "1"} else None
 
 
 def split_parts(completion: str) -> list[tuple[int, str, str | None, str, str]]:
-    """``(start offset, header bits, answer, text before the answer, text after it)`` of every part of
-    ``completion`` (``answer`` is ``None`` for a part without one; the header is what precedes ``": "``)."""
+    """``(start offset, header, answer, text before the answer, text after it)`` of every part of ``completion``
+    (``answer`` is ``None`` for a part without one; the header is the part's first word, ``"b:011"``)."""
     parts, offset = [], 0
     for piece in completion.split(SEPARATOR):
-        header, colon, body = piece.partition(": ")
-        if not colon:
+        header, space, body = piece.partition(" ")
+        if _header_bits(header) is None:
             header, body = "", piece
         match = _ANSWER.search(body)
         before, after = (body[: match.start()], body[match.end():]) if match else (body, "")
@@ -120,7 +140,7 @@ def multi_parity_correctness(completions: list[Any], answer: list[Any], prompts:
         ok = all(_parts_correct(completion, expected))
         if ok and prompts is not None:
             headers = [part[1] for part in split_parts(_completion_text(completion))]
-            wanted = [part.bits for part in parse_prompt(prompts[index]).parts]
+            wanted = [header(i, part) for i, part in enumerate(parse_prompt(prompts[index]).parts)]
             ok = headers[: len(wanted)] == wanted
         rewards.append(1.0 if ok else 0.0)
     return rewards
@@ -159,10 +179,11 @@ class MultiParity(StudyTask):
 
     def structure(self, completion: str) -> dict[str, float]:
         counts = {"trace_long": [0, 0], "trace_short": [0, 0], "check": [0, 0]}
-        for _, header, answer, before, after in split_parts(completion):
-            if answer is None or len(header) < 2 or set(header) - {"0", "1"}:
+        for _, start, answer, before, after in split_parts(completion):
+            bits = _header_bits(start)
+            if answer is None or bits is None:
                 continue
-            key = "trace_long" if len(header) >= TRACE_PAYS_FROM else "trace_short"
+            key = "trace_long" if len(bits) >= TRACE_PAYS_FROM else "trace_short"
             counts[key][0] += bool(before.strip())
             counts[key][1] += 1
             counts["check"][0] += "check" in after
@@ -178,14 +199,14 @@ class MultiParity(StudyTask):
         return {"trace_long": 1.0, "trace_short": 0.0, "check": 0.0}
 
     def forced_decisions(self, evaluate: DecisionEvaluator, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        def header(row: dict[str, Any]) -> Bits:
+        def first(row: dict[str, Any]) -> Bits:
             return parse_prompt(row["prompt"]).parts[0]
 
-        direct = evaluate(lambda row: f"{header(row).bits}: =", first_part_correctness)
-        traced = evaluate(lambda row: f"{header(row).bits}: {format_reduction(header(row))[0]}",
+        direct = evaluate(lambda row: f"{header(0, first(row))} =", first_part_correctness)
+        traced = evaluate(lambda row: f"{header(0, first(row))} {format_reduction(first(row))[0]}",
                           first_part_correctness)
         return {"level_name": "bits of the first string (its part's accuracy)",
-                "level": [header(row).difficulty for row in rows],
+                "level": [first(row).difficulty for row in rows],
                 "direct_correct": direct["correct"].tolist(), "direct_tokens": direct["tokens"].tolist(),
                 "trace_correct": traced["correct"].tolist(), "trace_tokens": traced["tokens"].tolist()}
 
@@ -214,7 +235,7 @@ class MultiParity(StudyTask):
             last = parts[-1]
             if done > len(problem.parts) or last[2] is None or last[4] != "" or not prefix.endswith(f"={last[2]}"):
                 return None
-            if [part[1] for part in parts] != [part.bits for part in problem.parts[:done]]:
+            if [part[1] for part in parts] != [header(i, part) for i, part in enumerate(problem.parts[:done])]:
                 return None  # the prefix strays from the task's grammar: the warm-up policy never writes it
             current = problem.parts[done - 1]
             check = warmup_probabilities(current)["check"]
@@ -225,6 +246,6 @@ class MultiParity(StudyTask):
             separator = SEPARATOR if index > 0 else ""
             expectation *= sum((rates["trace"] if trace else 1 - rates["trace"])
                                * (rates["check"] if check else 1 - rates["check"])
-                               * gamma ** length(separator + format_part(part, trace, check))
+                               * gamma ** length(separator + format_part(index, part, trace, check))
                                for trace in (False, True) for check in (False, True))
         return math.log(expectation) / math.log(gamma)
