@@ -65,3 +65,41 @@ def test_the_token_that_pushes_the_end_past_the_budget_is_the_one_charged():
 def test_bad_budgets_are_named(budgets, message):
     with pytest.raises(ValueError, match=message):
         budget_overshoot_credits(exact_values([3], 4), mask_of([3], 4), budgets, GAMMA)
+
+
+def test_grpo_budget_estimator_is_silent_inside_the_budget_and_speaks_past_it(tiny_model_dir, tmp_path,
+                                                                              make_constant_critic):
+    """Through the real trainer: with a budget no completion can reach the length term is exactly 0 (every token
+    of a completion keeps GRPO's one advantage); with a tight one it is not; a prompt without a budget is named."""
+    from datasets import Dataset
+
+    from lenvm_rl import LenVMGRPOConfig, LenVMGRPOTrainer
+
+    critic = tmp_path / "critic"
+    make_constant_critic(-0.5).save_pretrained(critic)  # 6.6 tokens to go at every state
+
+    def reward(completions, **kwargs):
+        return [float(len(c) % 2) for c in completions]
+
+    def run(budget):
+        rows = [{"prompt": f"add: {i} {i + 3}", "budget": budget} for i in range(2) for _ in range(4)]
+        args = LenVMGRPOConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=8,
+                               num_generations=4, max_completion_length=16, use_cpu=True, bf16=False,
+                               report_to="none", beta=0.0, seed=0, save_strategy="no", disable_tqdm=True,
+                               critic_model_name_or_path=str(critic), length_estimator="budget", length_gate="none",
+                               length_coef=1.0)
+        torch.manual_seed(0)
+        trainer = LenVMGRPOTrainer(model=str(tiny_model_dir), reward_funcs=reward, args=args,
+                                   train_dataset=Dataset.from_list(rows))
+        torch.manual_seed(1)
+        return trainer._generate_and_score_completions(rows)
+
+    roomy, tight = run(1000), run(2)
+    torch.testing.assert_close(roomy["completion_ids"], tight["completion_ids"])
+    mask = roomy["completion_mask"].bool()
+    for row in range(8):
+        tokens = roomy["advantages"][row][mask[row]]
+        assert torch.allclose(tokens, tokens[0].expand_as(tokens))  # GRPO's advantage, nothing added
+    assert (roomy["advantages"] - tight["advantages"]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="reads each prompt's token budget from column 'budget'; row 0"):
+        run(None)

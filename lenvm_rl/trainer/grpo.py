@@ -57,6 +57,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from ..data import check_local_path, check_same_tokenizer, tokenizer_fingerprint
 from ..length_math import (
+    budget_overshoot_credits,
     check_gamma,
     length_advantages,
     length_outcome_statistics,
@@ -84,7 +85,7 @@ LENGTH_MODES = ("advantage", "none")
 LENGTH_GATES = ("none", "success")
 LENGTH_UNITS = ("relative", "value")
 LENGTH_CREDITS = ("token", "sequence")
-LENGTH_ESTIMATORS = ("telescoping", "unbiased")
+LENGTH_ESTIMATORS = ("telescoping", "unbiased", "budget")
 TASK_CREDITS = ("sequence", "critic")
 LENGTH_CHARGES = ("all", "settled")
 # floor of the task-reward std the process advantage is divided by (a group whose rewards all agree has std 0, yet
@@ -105,7 +106,7 @@ _CRITIC_OPTIONS = ("critic_model_name_or_path", "critic_gamma", "critic_dtype", 
 _LENGTH_OPTIONS = ("length_coef", "length_coef_schedule", "length_coef_warmup_steps", "length_lam", "length_units",
                    "length_credit", "length_scale", "length_scale_min", "length_gate", "length_gate_reward_funcs",
                    "length_gate_threshold", "length_gate_failed", "whiten_length_advantages",
-                   "length_estimator")
+                   "length_estimator", "budget_column")
 _GATE_DETAILS = ("length_gate_reward_funcs", "length_gate_threshold", "length_gate_failed")
 _TASK_CREDIT_DETAILS = ("task_credit_coef", "task_credit_lam")
 _SETTLED_DETAILS = ("settled_tolerance", "presettle_length_weight")
@@ -197,7 +198,14 @@ class LenVMGRPOConfig(GRPOConfig):
         default="telescoping",
         metadata={"help": "Relative units: 'telescoping' (v2: c_t = (l(s_t) - 1 - l(s_{t+1})) / l(s_0), sums to the "
                           "saved fraction, biased against high-variance decisions) or 'unbiased' (v3: the value-space "
-                          "TD residual times -dl/dV at V(s_t), / l(s_0); mean 0 at every state for an exact critic)."},
+                          "TD residual times -dl/dV at V(s_t), / l(s_0); mean 0 at every state for an exact critic) "
+                          "or 'budget' (the change of the predicted overshoot of each prompt's budget N, "
+                          "-max(0, t + l(s_t) - N) / N; 0 for a completion predicted to end inside it; budgets from "
+                          "budget_column)."},
+    )
+    budget_column: str = field(
+        default="budget",
+        metadata={"help": "Dataset column holding each prompt's token budget N (length_estimator: budget)."},
     )
     task_credit: str = field(
         default="sequence",
@@ -334,6 +342,8 @@ class LenVMGRPOConfig(GRPOConfig):
             else:
                 ignored += ("length_credit", "length_scale", "length_scale_min", "length_estimator", "length_charge",
                             *_SETTLED_DETAILS)
+            if self.length_units != "relative" or self.length_estimator != "budget":
+                ignored += ("budget_column",)
             if self.length_charge != "settled":
                 ignored += _SETTLED_DETAILS
             if self.length_gate == "none":
@@ -522,8 +532,9 @@ class LenVMGRPOTrainer(GRPOTrainer):
                 weights = torch.where(settled, 1.0, self.args.presettle_length_weight).to(values.dtype)
                 self._log_masked_stats(mode, "length/settled_fraction", settled.to(values.dtype),
                                        completion_mask.to(values.dtype))
+            budgets = self._budgets(inputs) if self.args.length_estimator == "budget" else None
             term, mask = self._relative_length_advantages(values, completion_mask, terminated, passed, mode,
-                                                          weights)
+                                                          weights, budgets)
         else:
             term, mask = self._value_length_advantages(values, completion_mask, terminated, passed)
         self._log_masked_stats(mode, "length/advantage", term, mask)
@@ -577,14 +588,33 @@ class LenVMGRPOTrainer(GRPOTrainer):
         self._log_masked_stats(mode, "task_credit/value", task_values[:, :-1], completion_mask.to(process.dtype))
         return process
 
+    def _budgets(self, inputs: list[dict[str, Any]]) -> Tensor:
+        """``(B,)`` token budgets of this process's completions, from ``budget_column`` (refused by name when a row
+        lacks it or holds no positive number)."""
+        column = self.args.budget_column
+        budgets = []
+        for index, row in enumerate(inputs):
+            value = row.get(column)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"length_estimator='budget' reads each prompt's token budget from column {column!r}; "
+                                 f"row {index} of the batch has {value!r} (columns: {sorted(row)}); give every prompt "
+                                 "a budget > 0 or set budget_column")
+            budgets.append(float(value))
+        return torch.tensor(budgets)
+
     def _relative_length_advantages(self, values: Tensor, completion_mask: Tensor, terminated: Tensor,
-                                    passed: Tensor, mode: str, weights: Tensor | None = None
-                                    ) -> tuple[Tensor, Tensor]:
+                                    passed: Tensor, mode: str, weights: Tensor | None = None,
+                                    budgets: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Scale-free length advantages (module docstring); group and batch statistics span all processes.
-        ``weights`` ``(B, T)`` scale each token's credit before normalization (the settled-answer charge)."""
+        ``weights`` ``(B, T)`` scale each token's credit before normalization (the settled-answer charge);
+        ``budgets`` ``(B,)`` are the prompts' token budgets (``length_estimator="budget"``)."""
         args = self.args
-        estimate = unbiased_length_credits if args.length_estimator == "unbiased" else relative_length_credits
-        credits = estimate(values, completion_mask, self.length_critic.gamma, terminated)
+        gamma = self.length_critic.gamma
+        if args.length_estimator == "budget":
+            credits = budget_overshoot_credits(values, completion_mask, budgets.to(values.device), gamma, terminated)
+        else:
+            estimate = unbiased_length_credits if args.length_estimator == "unbiased" else relative_length_credits
+            credits = estimate(values, completion_mask, gamma, terminated)
         if weights is not None:
             credits = credits * weights
         outcomes = credits.sum(dim=1)
