@@ -60,7 +60,7 @@ _export("rollout", "RolloutConfig", "generate_rollouts", "load_rollouts", "sampl
 _export(
     "rewards",
     "KimiLengthReward", "LinearLengthPenalty", "TargetLengthReward", "TokenBudgetReward", "resolve_reward_function",
-    "resolve_reward_functions",
+    "resolve_reward_functions", "BudgetLengthReward",
 )
 _export(
     "evaluation",
@@ -177,6 +177,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         unwrap_critic,
     )
     from .rewards import (
+        BudgetLengthReward,
         KimiLengthReward,
         LinearLengthPenalty,
         SelfNormalizedLengthPenalty,

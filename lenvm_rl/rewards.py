@@ -18,6 +18,7 @@ __all__ = [
     "KimiLengthReward",
     "TargetLengthReward",
     "TokenBudgetReward",
+    "BudgetLengthReward",
     "SelfNormalizedLengthPenalty",
     "resolve_reward_function",
     "resolve_reward_functions",
@@ -162,6 +163,52 @@ class TokenBudgetReward:
         task = self.task_reward(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
         return [reward if length <= self.budget else 0.0 for reward, length in
                 zip(task, _lengths(completion_ids), strict=True)]
+
+
+class BudgetLengthReward:
+    """Per-prompt token budgets ``N`` (a dataset column) as a term added to a 0/1 correctness reward, in the two
+    sequence-level forms the budget literature trains with:
+
+    * ``mode="max"`` (L1's LCPO-Max, arXiv 2503.04697): the total ``correct · clip(α (N - L) + δ, 0, 1)``, so the
+      term is ``correct · (clip(α (N - L) + δ, 0, 1) - 1)``: a correct answer keeps its reward well inside the budget
+      and loses it smoothly past it (``α`` per token, ``δ`` the reward at exactly ``N``);
+    * ``mode="gated"``: correctness counts only within the budget, total ``correct · 1[L ≤ N]``, term
+      ``-correct · 1[L > N]``.
+
+    (LCPO-Exact, ``correct - α |N - L|``, is :class:`TargetLengthReward` with ``target_column`` and ``coef = α``.)
+    A wrong answer is never paid for its length. ``correctness`` is called with the same arguments (≥ ``threshold``
+    counts as correct).
+    """
+
+    __name__ = "budget_length_reward"
+
+    def __init__(self, correctness: RewardFunction, mode: str = "max", budget_column: str = "budget",
+                 alpha: float = 0.01, delta: float = 0.5, threshold: float = 0.5):
+        if not callable(correctness):
+            raise ValueError("correctness must be a reward function")
+        if mode not in ("max", "gated"):
+            raise ValueError(f"mode must be 'max' or 'gated', got {mode!r}")
+        self.correctness, self.mode, self.budget_column = correctness, mode, budget_column
+        self.alpha, self.threshold = _check_positive("alpha", alpha), float(threshold)
+        if not (isinstance(delta, (int, float)) and 0.0 <= delta <= 1.0):
+            raise ValueError(f"delta must lie in [0, 1], got {delta!r}")
+        self.delta = float(delta)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+                 **kwargs: Any) -> list[float]:
+        if self.budget_column not in kwargs:
+            raise ValueError(f"dataset column {self.budget_column!r} (token budgets) was not passed to the reward; "
+                             f"columns passed: {sorted(kwargs)}")
+        budgets = [float(b) for b in kwargs[self.budget_column]]
+        scores = self.correctness(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        terms = []
+        for score, length, budget in zip(scores, _lengths(completion_ids), budgets, strict=True):
+            correct = 1.0 if score is not None and score >= self.threshold else 0.0
+            if self.mode == "max":
+                terms.append(correct * (min(1.0, max(0.0, self.alpha * (budget - length) + self.delta)) - 1.0))
+            else:
+                terms.append(-correct if length > budget else 0.0)
+        return terms
 
 
 class SelfNormalizedLengthPenalty(_GroupLengthReward):

@@ -103,3 +103,35 @@ def test_grpo_budget_estimator_is_silent_inside_the_budget_and_speaks_past_it(ti
     assert (roomy["advantages"] - tight["advantages"]).abs().max() > 1e-2
     with pytest.raises(ValueError, match="reads each prompt's token budget from column 'budget'; row 0"):
         run(None)
+
+
+def _correct_if_a(completions, **kwargs):
+    return [1.0 if c.startswith("a") else 0.0 for c in completions]
+
+
+@pytest.mark.parametrize("mode, expected", [
+    # lengths 3, 10, 14 against budget 10 (α 0.1, δ 0.5); the last completion is wrong
+    ("max", [0.0, 0.5 - 1.0, 0.0]),   # correct, 7 under: clip(1.2) = 1 → 0; at the budget: 0.5 - 1; wrong: 0
+    ("gated", [0.0, 0.0, 0.0]),       # nobody correct is over the budget
+])
+def test_budget_rewards_pay_correct_answers_by_the_budget_and_never_wrong_ones(mode, expected):
+    from lenvm_rl import BudgetLengthReward
+
+    reward = BudgetLengthReward(_correct_if_a, mode=mode, alpha=0.1, delta=0.5)
+    got = reward(prompts=["p"] * 3, completions=["a..", "a" * 10, "b" * 14], completion_ids=[[0] * 3, [0] * 10,
+                                                                                            [0] * 14],
+                 budget=[10, 10, 10])
+    assert got == pytest.approx(expected)
+    over = reward(prompts=["p"], completions=["a" * 14], completion_ids=[[0] * 14], budget=[10])
+    assert over == pytest.approx([0.1 - 1.0] if mode == "max" else [-1.0])  # clip(0.1·(-4) + 0.5) = 0.1
+
+
+def test_budget_reward_names_a_missing_column_and_bad_options():
+    from lenvm_rl import BudgetLengthReward
+
+    with pytest.raises(ValueError, match="column 'budget' .* was not passed"):
+        BudgetLengthReward(_correct_if_a)(prompts=["p"], completions=["a"], completion_ids=[[0]])
+    with pytest.raises(ValueError, match="mode must be 'max' or 'gated'"):
+        BudgetLengthReward(_correct_if_a, mode="exact")
+    with pytest.raises(ValueError, match="delta must lie in"):
+        BudgetLengthReward(_correct_if_a, delta=2.0)
