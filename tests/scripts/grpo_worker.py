@@ -28,9 +28,10 @@ class RecordingTrainer(LenVMGRPOTrainer):
         self.records.append({"raw": values[mask.bool()].tolist(), "whitened": whitened[mask.bool()].tolist()})
         return whitened
 
-    def _relative_length_advantages(self, values, completion_mask, terminated, passed, mode, weights=None):
+    def _relative_length_advantages(self, values, completion_mask, terminated, passed, mode, weights=None,
+                                    budgets=None):
         advantages, mask = super()._relative_length_advantages(values, completion_mask, terminated, passed, mode,
-                                                               weights)
+                                                               weights, budgets)
         self.records.append({"values": values.tolist(), "completion_mask": completion_mask.tolist(),
                              "terminated": terminated.tolist(), "passed": passed.tolist(),
                              "advantages": advantages.tolist(), "mode": mode})
