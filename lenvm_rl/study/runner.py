@@ -606,9 +606,9 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             if "critic" not in done:
                 clock.finish("critic", started)
             if critic_metrics is not None:
-                if config.builtin_task() is not None and "decisions" not in critic_metrics:
-                    critic_metrics["decisions"] = _critic_at_decisions(config.builtin_task(), critic,
-                                                                       out / "rollouts")
+                task = config.builtin_task()
+                if task is not None and "decisions" not in critic_metrics:
+                    critic_metrics["decisions"] = _critic_at_decisions(task, critic, out / "rollouts")
                 _write_json(out / "critic_metrics.json", critic_metrics)
 
         if needs_task_critic:
