@@ -9,6 +9,16 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# DeepSpeed's CPU backend JIT-builds its shared-memory all-reduce op under a file lock in the torch extensions
+# directory; a build killed mid-way (a timeout, Ctrl-C) leaves the lock behind and every later DeepSpeed process
+# waits on it forever. A directory of this session's own costs one build (about a minute) and cannot inherit a lock.
+if "TORCH_EXTENSIONS_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["TORCH_EXTENSIONS_DIR"] = tempfile.mkdtemp(prefix="lenvm-rl-test-torch-extensions-")
+    atexit.register(shutil.rmtree, os.environ["TORCH_EXTENSIONS_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -245,7 +245,8 @@ def launch(args: list[str], cwd: Path, config: str, *, processes: int, env: dict
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(RECIPES / "accelerate" / config), "--num_processes", str(processes), "--mixed_precision", "no",
                "--main_process_port", str(free_port()), *args]
-    result = subprocess.run(command, env=environment, cwd=cwd, capture_output=True, text=True)
+    # a hung launch (a collective that never completes) fails this test instead of stalling the whole suite
+    result = subprocess.run(command, env=environment, cwd=cwd, capture_output=True, text=True, timeout=900)
     if expect_ok:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
