@@ -34,6 +34,7 @@ def evaluate_policy(
     batch_size: int = 256,
     prefix: Callable[[dict[str, Any]], str] | None = None,
     structure: Callable[[str], dict[str, bool]] | None = None,
+    budget_column: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-prompt metrics of ``model`` on ``rows`` (each a dataset row holding ``prompt_column`` and the columns the
     reward function reads, passed to it as keyword lists the way TRL does).
@@ -43,6 +44,11 @@ def evaluate_policy(
     ``k`` that ``structure(text)`` reports, ``k`` (the fraction of completions that hold it). ``temperature=0`` is
     greedy (then use ``num_samples=1``). ``prefix(row)``, when given, is text forced at the start of every
     completion (it counts toward the completion, its tokens toward the length).
+
+    With ``budget_column`` (rows holding a token budget ``N``), also: ``within_budget`` (fraction with ``L ≤ N``),
+    ``budget_error`` (mean ``|L − N| / N``), and the same samples under hard truncation at ``N``,
+    ``truncated_correct`` and ``truncated_tokens`` (a completion longer than ``N`` is cut to its first ``N`` tokens
+    and scored as such; cutting after sampling is exactly what a hard limit of ``N`` new tokens would sample).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
@@ -50,6 +56,14 @@ def evaluate_policy(
     prompts_per_call = max(1, batch_size // num_samples)
     correct, tokens, terminated = [], [], []
     structures: dict[str, list[float]] = {}
+    budgeted: dict[str, list[float]] = {"within_budget": [], "budget_error": [], "truncated_correct": [],
+                                        "truncated_tokens": []}
+    if budget_column is not None:
+        missing = [index for index, row in enumerate(rows) if not isinstance(row.get(budget_column), (int, float))
+                   or row[budget_column] < 1]
+        if missing:
+            raise ValueError(f"budget_column {budget_column!r}: row {missing[0]} has no budget ≥ 1 "
+                             f"({rows[missing[0]].get(budget_column)!r})")
     for start in range(0, len(rows), prompts_per_call):
         chunk = list(rows[start:start + prompts_per_call])
         prompt_ids, forced = [], []
@@ -61,9 +75,10 @@ def evaluate_policy(
             forced.append(forced_ids)
         samples = sample_completions(model, tokenizer, prompt_ids, num_samples=num_samples, temperature=temperature,
                                      max_new_tokens=max_new_tokens, seed=seed + start)
-        texts, lengths, ended = [], [], []
+        texts, lengths, ended, fulls = [], [], [], []
         for index, (ids, done) in enumerate(samples):
             full = forced[index // num_samples] + list(ids)
+            fulls.append(full)
             texts.append(tokenizer.decode(full, skip_special_tokens=True))
             lengths.append(len(full))
             ended.append(done)
@@ -73,25 +88,40 @@ def evaluate_policy(
         scores = correctness(prompts=repeated_prompts, completions=texts,
                              completion_ids=[list(ids) for ids, _ in samples], **columns)
         passed = [score is not None and score >= threshold for score in scores]
+        if budget_column is not None:
+            budgets = [int(row[budget_column]) for row in chunk for _ in range(num_samples)]
+            cut = [full[:budget] for full, budget in zip(fulls, budgets, strict=True)]
+            cut_scores = correctness(prompts=repeated_prompts, completions=[tokenizer.decode(ids,
+                                     skip_special_tokens=True) for ids in cut], completion_ids=cut, **columns)
+            cut_passed = [score is not None and score >= threshold for score in cut_scores]
         for index in range(len(chunk)):
             span = slice(index * num_samples, (index + 1) * num_samples)
             correct.append(float(np.mean(passed[span])))
             tokens.append(float(np.mean(lengths[span])))
             terminated.append(float(np.mean(ended[span])))
+            if budget_column is not None:
+                budget = float(chunk[index][budget_column])
+                budgeted["within_budget"].append(float(np.mean([n <= budget for n in lengths[span]])))
+                budgeted["budget_error"].append(float(np.mean([abs(n - budget) / budget for n in lengths[span]])))
+                budgeted["truncated_correct"].append(float(np.mean(cut_passed[span])))
+                budgeted["truncated_tokens"].append(float(np.mean([min(n, budget) for n in lengths[span]])))
             if structure is not None:
                 found = [structure(text) for text in texts[span]]
                 for key in found[0]:
                     structures.setdefault(key, []).append(float(np.mean([f[key] for f in found])))
     out = {"correct": np.asarray(correct), "tokens": np.asarray(tokens), "terminated": np.asarray(terminated)}
     out.update({key: np.asarray(values) for key, values in structures.items()})
+    if budget_column is not None:
+        out.update({key: np.asarray(values) for key, values in budgeted.items()})
     return out
 
 
 class EvaluateAtSteps(TrainerCallback):
     """Evaluates the policy being trained (sampled, with :func:`evaluate_policy`) after each optimizer step in
-    ``steps``, for sample-efficiency curves: ``results[str(step)]`` holds the per-prompt ``correct`` and ``tokens``.
-    The random state (Python, NumPy, torch, CUDA) is saved and restored around each evaluation, so a run trains
-    exactly as it would without them; ``seconds`` is the time they took. ``kwargs`` go to :func:`evaluate_policy`."""
+    ``steps``, for sample-efficiency curves: ``results[str(step)]`` holds the per-prompt ``correct`` and ``tokens``
+    (and ``within_budget`` where ``budget_column`` is given). The random state (Python, NumPy, torch, CUDA) is
+    saved and restored around each evaluation, so a run trains exactly as it would without them; ``seconds`` is
+    the time they took. ``kwargs`` go to :func:`evaluate_policy`."""
 
     def __init__(self, steps: Sequence[int], rows: Sequence[dict[str, Any]],
                  correctness: Callable[..., Sequence[float | None]], **kwargs: Any):
@@ -117,5 +147,6 @@ class EvaluateAtSteps(TrainerCallback):
             torch.set_rng_state(saved[2])
             if saved[3] is not None:
                 torch.cuda.set_rng_state_all(saved[3])
-        self.results[str(state.global_step)] = {key: sampled[key].tolist() for key in ("correct", "tokens")}
+        kept = ("correct", "tokens", "within_budget")
+        self.results[str(state.global_step)] = {key: sampled[key].tolist() for key in kept if key in sampled}
         self.seconds += time.time() - started

@@ -22,6 +22,11 @@ token-level length advantage *after* it (``lenvm_rl.trainer.grpo``).
 ``lenvm_settled``         v3 with the settled-answer charge: length credit in full once the task critic's value
                           stops moving, none before (the task credit weighs those tokens)
 ``grpo_task``             GRPO plus the per-token task credit, no length term (what the task credit does alone)
+``lcpo_max``              budgets (L1's LCPO-Max): ``correct · clip(coef · (N - L) + 0.5, 0, 1)``
+``lcpo_exact``            budgets (L1's LCPO-Exact): ``correct - coef · |N - L|``
+``budget_gated``          budgets: correctness counts only within the prompt's budget, ``correct · 1[L ≤ N]``
+``lenvm_budget``          budgets, token level: the change of the critic's predicted overshoot of ``N``,
+                          ``Φ(s_t) = -max(0, t + l(s_t) - N) / N``, as the gated length term
 ``ppo_none``              critic PPO (task critic GAE), no length term — the control of ``ppo_lenvm``
 ``ppo_lenvm``             critic PPO with the gated LenVM advantage
 ``ppo_linear``            critic PPO with the linear penalty in the reward — the sequence-level control of
@@ -41,15 +46,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..rewards import KimiLengthReward, LinearLengthPenalty, SelfNormalizedLengthPenalty, TokenBudgetReward
+from ..rewards import (
+    BudgetLengthReward,
+    KimiLengthReward,
+    LinearLengthPenalty,
+    SelfNormalizedLengthPenalty,
+    TargetLengthReward,
+    TokenBudgetReward,
+)
 
-__all__ = ["MethodSpec", "RunPlan", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "NORMALIZATIONS", "plan_run",
+__all__ = ["MethodSpec", "RunPlan", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "BUDGET_METHODS", "NORMALIZATIONS",
+           "plan_run",
            "check_method_options", "expand_normalizations", "normalization_of", "normalization_gaps",
            "run_fingerprint"]
 
-SEQUENCE_LEVEL = ("linear", "kimi", "budget", "gated_self_normalized", "ppo_linear")
+SEQUENCE_LEVEL = ("linear", "kimi", "budget", "gated_self_normalized", "ppo_linear", "lcpo_max", "lcpo_exact",
+                  "budget_gated")
 TOKEN_LEVEL = ("lenvm", "lenvm_ungated", "lenvm_seq", "lenvm_value", "ppo_lenvm", "lenvm_unbiased", "lenvm_task",
-               "lenvm_settled")
+               "lenvm_settled", "lenvm_budget")
+# the methods that read each prompt's token budget (a budget task's column)
+BUDGET_METHODS = ("lcpo_max", "lcpo_exact", "budget_gated", "lenvm_budget")
 # TRL's ``scale_rewards`` of the task advantage; "group" is TRL's default, "none" Arora & Zanette's own setting
 NORMALIZATIONS = ("group", "batch", "none")
 
@@ -87,6 +103,11 @@ METHODS: dict[str, MethodSpec] = {
                                            ("length_charge", "settled"))),
     "grpo_task": MethodSpec("GRPO + per-token task credit, no length term", uses_coef=False, uses_task_critic=True,
                             overrides=(("task_credit", "critic"),)),
+    "lcpo_max": MethodSpec("LCPO-Max budget reward (L1)"),
+    "lcpo_exact": MethodSpec("LCPO-Exact budget reward (L1)"),
+    "budget_gated": MethodSpec("correctness gated by the budget", uses_coef=False),
+    "lenvm_budget": MethodSpec("LenVM predicted-overshoot budget credit, gated", uses_critic=True,
+                               overrides=(("length_estimator", "budget"),)),
     "ppo_none": MethodSpec("critic PPO, no length term", trainer="ppo", uses_coef=False),
     "ppo_lenvm": MethodSpec("critic PPO + LenVM, gated", trainer="ppo", uses_critic=True),
     "ppo_linear": MethodSpec("critic PPO + linear length penalty", trainer="ppo"),
@@ -139,16 +160,20 @@ def check_method_options(method: str, options: dict[str, Any], where: str) -> No
 
 def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]], max_completion_length: int,
              critic_path: str | None, options: dict[str, Any] | None = None,
-             success_threshold: float = 1.0) -> RunPlan:
+             success_threshold: float = 1.0, budget_column: str | None = None) -> RunPlan:
     """The :class:`RunPlan` of ``method`` at ``coef``. ``task_rewards[0]`` is the correctness reward; a completion
     is correct when it reaches ``success_threshold``, and that one definition is used by every gate (Kimi's and Arora
     & Zanette's correctness gates, LenVM's ``length_gate_threshold``) as by the study's evaluation. The other task
     rewards (format rewards, ...) are kept as they are. ``options`` are config overrides of the variant (e.g.
     ``scale_rewards: batch``), applied last; the task-credit methods need ``task_critic_model_name_or_path`` among
-    them."""
+    them. The budget methods read each prompt's token budget from ``budget_column`` (a budget task's column) and
+    are refused without one."""
     spec = METHODS.get(method)
     if spec is None:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    if method in BUDGET_METHODS and budget_column is None:
+        raise ValueError(f"method {method!r} reads each prompt's token budget: use a budget task "
+                         "(e.g. task: checked_parity_budget)")
     if not task_rewards:
         raise ValueError("the study needs at least one task reward function (the first one defines correctness)")
     correctness, others = task_rewards[0], list(task_rewards[1:])
@@ -163,6 +188,12 @@ def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]
         if coef < 1 or coef != int(coef):
             raise ValueError(f"budget: the coefficient is a token budget and must be a whole number ≥ 1, got {coef}")
         rewards[0] = TokenBudgetReward(correctness, budget=int(coef))
+    elif method in ("lcpo_max", "budget_gated"):
+        rewards.append(BudgetLengthReward(correctness, mode="max" if method == "lcpo_max" else "gated",
+                                          budget_column=budget_column, alpha=coef if method == "lcpo_max" else 1.0,
+                                          threshold=success_threshold))
+    elif method == "lcpo_exact":
+        rewards.append(TargetLengthReward(coef=coef, target_column=budget_column))
     elif method == "gated_self_normalized":
         rewards.append(SelfNormalizedLengthPenalty(correctness, coef=coef, threshold=success_threshold))
     elif spec.uses_critic:
@@ -175,6 +206,8 @@ def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]
             overrides["length_credit"] = "sequence"
         if method == "lenvm_value":
             overrides["length_units"] = "value"
+        if method == "lenvm_budget":
+            overrides["budget_column"] = budget_column
     if spec.uses_task_critic and not (options or {}).get("task_critic_model_name_or_path"):
         raise ValueError(f"method {method!r} needs a task critic: the option task_critic_model_name_or_path")
     overrides.update(dict(spec.overrides))

@@ -29,7 +29,8 @@ from .stats import (
     tokens_at_accuracy,
 )
 
-__all__ = ["StudyTable", "collect", "write_report", "sample_efficiency", "TOKEN_FRACTIONS"]
+__all__ = ["StudyTable", "collect", "write_report", "sample_efficiency", "budget_table", "adherence_by_step",
+           "TOKEN_FRACTIONS"]
 
 # matched-token comparisons at these fractions of the no-length-term policy's mean tokens
 TOKEN_FRACTIONS = (0.5, 0.67, 0.8)
@@ -268,6 +269,12 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     lines += _task_critic_section(config.methods, out)
     if start and "forced" in start:
         lines += _forced_section(start, prompt_table.get("difficulty"))
+    budgets = None
+    if prompt_table.get("budget") and "within_budget" in table.metrics:
+        budgets = budget_table(table, start, prompt_table["budget"], samples=config.bootstrap_samples)
+        budgets["adherence_by_step"] = adherence_by_step(results, config.rl_steps,
+                                                         config.rl_prompts_per_step * config.rl_generations)
+        lines += _budget_section(budgets)
     if stage_seconds:
         lines += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {name} | {value:.0f} |" for name, value in stage_seconds.items()]
@@ -281,12 +288,14 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
               "seed_intervals": {key: list(t_interval(value)) for key, value in per_seed.items() if "ratio" in key},
               "greedy_point": deployed[0] if deployed else None,
               "configs": [list(c) for c in table.configs], "seeds": table.seeds, "stage_seconds": stage_seconds,
-              "sample_efficiency": efficiency}
+              "sample_efficiency": efficiency, "budgets": budgets}
     write_text_atomically(out / "report.json", json.dumps(report, indent=1, default=float) + "\n")
     _plot(out, table, accuracy, tokens, boot, start, prompt_table,
           target=point["none_accuracy"] - drops[0] if drops else None)
     if efficiency is not None:
         _plot_sample_efficiency(out, efficiency, comparator)
+    if budgets is not None:
+        _plot_budgets(out, budgets)
     return report
 
 
@@ -748,3 +757,169 @@ def _plot(out: Path, table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray
     right.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     save_figure(fig, out / "accuracy_vs_tokens.png")
+
+
+# the issue's adherence bar for "follows the budget"
+ADHERENCE_BAR = 0.95
+
+
+def budget_table(table: StudyTable, start: dict[str, Any] | None, budgets: list[int], samples: int = 1000
+                 ) -> dict[str, Any]:
+    """Per budget ``N`` of a budget task: every system's accuracy, adherence (``L ≤ N``) and ``|L − N| / N`` on the
+    prompts that ask for ``N``, with 95% paired-bootstrap intervals over prompts and seeds for the trained runs.
+    Systems: each (variant, coefficient), and the starting policy plain and under hard truncation at ``N`` (one
+    evaluation: no seed interval, the bootstrap is over prompts). ``target`` holds the issue's test at the tightest
+    budget: the most accurate system at adherence ≥ :data:`ADHERENCE_BAR` ÷ the truncated starting policy."""
+    budgets_array = np.asarray(budgets)
+    levels = sorted(set(budgets))
+    names = [f"{label} {coef:g}" for label, coef in table.configs]
+    metrics = {}
+    for level in levels:
+        outside = budgets_array != level
+        for key in ("correct", "within_budget", "budget_error"):
+            array = table.metrics[key].copy()
+            array[..., outside] = np.nan
+            metrics[f"{key}@{level}"] = array
+
+    def statistic(means: dict[str, np.ndarray]) -> dict[str, float]:
+        return {f"{key}/{index}": float(value[index]) for key, value in means.items()
+                for index in range(len(names))}
+
+    point = statistic({key: np.nanmean(value, axis=(1, 2)) for key, value in metrics.items()})
+    with warnings.catch_warnings():  # a replicate that draws no prompt of some budget is NaN there, and dropped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = paired_bootstrap(metrics, statistic, samples=samples, seed=2)
+    systems: dict[str, dict[str, Any]] = {}
+    for index, name in enumerate(names):
+        systems[name] = {str(level): {key: [point[f"{key}@{level}/{index}"],
+                                            *percentile_interval(boot[f"{key}@{level}/{index}"])]
+                                      for key in ("correct", "within_budget", "budget_error")}
+                         for level in levels}
+    if start is not None and "within_budget" in start:
+        rng = np.random.default_rng(3)
+        for name, correct_key, tokens_key in (("starting policy", "correct", "tokens"),
+                                              ("starting policy, truncated at N", "truncated_correct",
+                                               "truncated_tokens")):
+            entry = {}
+            for level in levels:
+                rows = np.flatnonzero(budgets_array == level)
+                tokens = np.asarray(start[tokens_key], dtype=np.float64)[rows]
+                values = {"correct": np.asarray(start[correct_key], dtype=np.float64)[rows],
+                          "within_budget": (np.asarray(start["within_budget"], dtype=np.float64)[rows]
+                                            if tokens_key == "tokens" else np.ones(len(rows))),
+                          "budget_error": (np.asarray(start["budget_error"], dtype=np.float64)[rows]
+                                           if tokens_key == "tokens" else np.abs(tokens - level) / level)}
+                draws = rng.integers(0, len(rows), size=(samples, len(rows)))
+                entry[str(level)] = {key: [float(v.mean()), *percentile_interval(v[draws].mean(axis=1))]
+                                     for key, v in values.items()}
+            systems[name] = entry
+    tightest = str(levels[0])
+    target = None
+    truncated = systems.get("starting policy, truncated at N")
+    eligible = {name: cells[tightest] for name, cells in systems.items()
+                if cells[tightest]["within_budget"][0] >= ADHERENCE_BAR and name != "starting policy, truncated at N"}
+    if truncated is not None and eligible:
+        best = max(eligible, key=lambda name: eligible[name]["correct"][0])
+        base = truncated[tightest]["correct"][0]
+        target = {"budget": levels[0], "system": best, "accuracy": eligible[best]["correct"][0],
+                  "adherence": eligible[best]["within_budget"][0], "truncated_accuracy": base,
+                  "ratio": eligible[best]["correct"][0] / base if base > 0 else math.inf}
+    return {"budgets": levels, "systems": systems, "target": target}
+
+
+def adherence_by_step(results: Sequence[dict[str, Any]], rl_steps: int, samples_per_step: int
+                      ) -> dict[str, Any] | None:
+    """Adherence (fraction of sampled completions within their prompt's budget, over every budget) of each
+    (variant, coefficient) after each RL step it was evaluated at (``eval_at_steps`` and the final evaluation),
+    mean over seeds and prompts, and the RL samples until it first reached the highest final adherence of any
+    sequence-level budget method (``reference``). ``None`` without intermediate evaluations of adherence."""
+    curves: dict[str, dict[int, list[float]]] = {}
+    for result in results:
+        evaluations = {int(step): evaluation for step, evaluation in (result.get("eval_at_steps") or {}).items()}
+        evaluations[rl_steps] = result["eval"]
+        name = f"{result['label']} {float(result['coef']):g}"
+        for step, evaluation in evaluations.items():
+            if "within_budget" in evaluation:
+                curves.setdefault(name, {}).setdefault(step, []).append(float(np.mean(evaluation["within_budget"])))
+    if not any(len(curve) > 1 for curve in curves.values()):
+        return None
+    means = {name: {step: float(np.mean(values)) for step, values in sorted(curve.items())}
+             for name, curve in curves.items()}
+    sequence = [name for name, result in ((f"{r['label']} {float(r['coef']):g}", r) for r in results)
+                if result["method"] in SEQUENCE_LEVEL and name in means]
+    reference = max((means[name][rl_steps] for name in sequence if rl_steps in means[name]), default=None)
+    reached = {}
+    for name, curve in means.items():
+        first = next((step for step, value in curve.items() if reference is not None and value >= reference), None)
+        reached[name] = float(first * samples_per_step) if first is not None else math.inf
+    return {"steps": sorted({step for curve in means.values() for step in curve}), "adherence": means,
+            "reference": reference, "samples_to_reference": reached, "samples_per_step": samples_per_step}
+
+
+def _budget_section(budgets: dict[str, Any]) -> list[str]:
+    levels = budgets["budgets"]
+
+    def cell(values: list[float], digits: int = 2) -> str:
+        return f"{values[0]:.{digits}f} [{values[1]:.{digits}f}, {values[2]:.{digits}f}]"
+
+    lines = ["## Budgets", "",
+             "Each prompt asks for a token budget N (EOS counted); each column holds the prompts that ask for it. "
+             "Cells: accuracy / adherence (fraction with L ≤ N), each with its 95% bootstrap interval over prompts "
+             "and seeds. The truncated starting policy is the same samples cut at N tokens.", "",
+             "| system | " + " | ".join(f"N = {n}" for n in levels) + " |", "|---|" + "---|" * len(levels)]
+    for name, cells in budgets["systems"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{cell(cells[str(n)]['correct'])} / "
+                                                 f"{cell(cells[str(n)]['within_budget'])}" for n in levels) + " |")
+    lines += ["", "Mean |L − N| / N:", "", "| system | " + " | ".join(f"N = {n}" for n in levels) + " |",
+              "|---|" + "---|" * len(levels)]
+    for name, cells in budgets["systems"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{cells[str(n)]['budget_error'][0]:.2f}" for n in levels) + " |")
+    target = budgets["target"]
+    if target is None:
+        lines += ["", f"At the tightest budget (N = {levels[0]}) no system reaches {ADHERENCE_BAR:.0%} adherence"
+                  " (or the starting policy's truncation was not evaluated)."]
+    else:
+        lines += ["", f"At the tightest budget (N = {target['budget']}) the most accurate system with adherence ≥ "
+                  f"{ADHERENCE_BAR:.0%} is `{target['system']}`: accuracy {target['accuracy']:.3f} at adherence "
+                  f"{target['adherence']:.3f}, {_fmt(target['ratio'], 2)}× the truncated starting policy's "
+                  f"{target['truncated_accuracy']:.3f} (target: ≥ 5×)."]
+    curve = budgets.get("adherence_by_step")
+    if curve is not None:
+        steps = curve["steps"]
+        lines += ["", f"Adherence after each number of RL steps ({curve['samples_per_step']} completions per step), "
+                  "mean over seeds and prompts; the last column: RL samples until the run first reached the best "
+                  f"final adherence of a sequence-level budget method ({_fmt(curve['reference'])}).", "",
+                  "| system | " + " | ".join(f"step {step}" for step in steps) + " | samples to reach |",
+                  "|---|" + "---|" * (len(steps) + 1)]
+        for name, values in curve["adherence"].items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(values.get(step, math.nan)) for step in steps)
+                         + f" | {_fmt(curve['samples_to_reference'][name], 0)} |")
+    return lines + ["", "Plot: `budgets.png` (accuracy and adherence against the budget).", ""]
+
+
+def _plot_budgets(out: Path, budgets: dict[str, Any]) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..evaluation import save_figure
+
+    levels = budgets["budgets"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
+    for color, (name, cells) in enumerate(budgets["systems"].items()):
+        style = ":" if name.startswith("starting policy") else "-"
+        for ax, key in ((left, "correct"), (right, "within_budget")):
+            ax.plot(levels, [cells[str(n)][key][0] for n in levels], style, marker="o", markersize=3,
+                    color=f"C{color % 10}", label=name)
+    right.axhline(ADHERENCE_BAR, color="grey", linestyle="--", linewidth=1)
+    left.set_ylabel("accuracy")
+    right.set_ylabel("adherence (fraction with L ≤ N)")
+    for ax in (left, right):
+        ax.set_xlabel("token budget N")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, out / "budgets.png")

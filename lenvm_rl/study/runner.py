@@ -430,7 +430,8 @@ def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[s
     task = config.builtin_task()
     structure = task.structure if task is not None and task.segments else None
     common = {"max_new_tokens": config.max_completion_length, "prompt_column": config.prompt_column,
-              "threshold": config.success_threshold, "structure": structure}
+              "threshold": config.success_threshold, "structure": structure,
+              "budget_column": _budget_column(config)}
     sampled = evaluate_policy(model, tokenizer, rows, correctness, num_samples=config.eval_samples,
                               temperature=config.eval_temperature, seed=seed, **common)
     result = {key: value.tolist() for key, value in sampled.items()}
@@ -439,6 +440,11 @@ def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[s
                                  **common)
         result.update({f"greedy_{key}": value.tolist() for key, value in greedy.items()})
     return result
+
+
+def _budget_column(config: StudyConfig) -> str | None:
+    task = config.builtin_task()
+    return None if task is None else task.budget_column
 
 
 def _run_dir(out: Path, label: str, coef: float, seed: int) -> Path:
@@ -459,7 +465,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     if reads_pretrained_task_critic(variant):
         options["task_critic_model_name_or_path"] = str(out / "task-critic")
     plan = plan_run(method, coef, task_rewards, config.max_completion_length, critic, options,
-                    success_threshold=config.success_threshold)
+                    success_threshold=config.success_threshold, budget_column=_budget_column(config))
     run_dir = _run_dir(out, label, coef, seed)
     args = plan.config_class(
         output_dir=str(run_dir / "trainer"), max_steps=config.rl_steps,
@@ -475,7 +481,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
         [s for s in config.eval_at_steps or [] if 0 < s < config.rl_steps], eval_rows, task_rewards[0],
         num_samples=config.eval_samples, temperature=config.eval_temperature, seed=seed,
         max_new_tokens=config.max_completion_length, prompt_column=config.prompt_column,
-        threshold=config.success_threshold)
+        threshold=config.success_threshold, budget_column=_budget_column(config))
     trainer.add_callback(curve)
     trainer.train()
     train_seconds = time.time() - started - curve.seconds
@@ -661,6 +667,8 @@ def _prompt_table(config: StudyConfig, rows: list[dict[str, Any]], tokenizer: An
     if config.difficulty_column:
         table["difficulty"] = [row[config.difficulty_column] for row in rows]
     task = config.builtin_task()
+    if task is not None and task.budget_column is not None:
+        table["budget"] = [row[task.budget_column] for row in rows]
     if task is not None:
         ideal = [task.ideal_completion(row) for row in rows]
         if all(text is not None for text in ideal):
@@ -756,6 +764,15 @@ def _write_results_jsonl(config: StudyConfig, out: Path) -> None:
             rates = np.asarray(evaluation.get(key, []), dtype=np.float64)
             if np.isfinite(rates).any():  # a segment no prompt can hold (no short string, say) has no rate
                 row[f"{key}_rate"] = float(np.nanmean(rates))
+        budgets = prompt_table.get("budget")
+        if budgets and "within_budget" in evaluation:
+            row["within_budget"] = float(np.mean(evaluation["within_budget"]))
+            row["budget_error"] = float(np.mean(evaluation["budget_error"]))
+            row["truncated_accuracy"] = float(np.mean(evaluation["truncated_correct"]))
+            row["by_budget"] = {str(budget): {key: float(np.mean([evaluation[key][i] for i, b in enumerate(budgets)
+                                                                   if b == budget]))
+                                              for key in ("correct", "tokens", "within_budget", "budget_error")}
+                                for budget in sorted(set(budgets))}
         if difficulty:
             by = {}
             for level in sorted(set(difficulty)):

@@ -43,6 +43,8 @@ class StudyTask:
     segments: ClassVar[dict[str, str]] = {}
     #: what the ideal row of the report is, in one sentence
     ideal_note: ClassVar[str] = ""
+    #: the column holding each prompt's token budget, on a budget task (:mod:`lenvm_rl.study.tasks.budget`)
+    budget_column: ClassVar[str | None] = None
 
     def rows(self, count: int, seed: int) -> list[dict[str, Any]]:
         """``count`` prompt rows drawn with ``seed``."""
