@@ -128,6 +128,44 @@ def test_evaluation_reports_adherence_error_and_hard_truncation(tiny_model_dir):
     np.testing.assert_array_equal(plain["tokens"], lengths)  # the budget metrics change no sample
 
 
+def test_guided_decoding_keeps_every_sample_within_its_budget(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lenvm_rl import LengthValueModel
+    from lenvm_rl.study.evaluate import sample_within_budgets
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    critic = LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9)
+    rows = [{"prompt": f"q{i}", "budget": budget} for i, budget in enumerate([2, 3, 5, 8])]
+    guided = evaluate_policy(model, tokenizer, rows, _length_reward(3), num_samples=2, max_new_tokens=16, seed=0,
+                             budget_column="budget", critic=critic)
+    plain = evaluate_policy(model, tokenizer, rows, _length_reward(3), num_samples=2, max_new_tokens=16, seed=0,
+                            budget_column="budget")
+    assert guided["within_budget"].tolist() == [1.0] * 4 and plain["within_budget"].mean() < 0.5
+    assert (guided["tokens"] <= np.asarray([2, 3, 5, 8])).all() and guided["terminated"].tolist() == [1.0] * 4
+    prompt_ids = [tokenizer("ab")["input_ids"], tokenizer("abcd")["input_ids"]]
+    samples = sample_within_budgets(model, critic, tokenizer, prompt_ids, [4, 6], num_samples=3, max_new_tokens=16)
+    assert [len(ids) <= budget for (ids, _), budget in zip(samples, [4] * 3 + [6] * 3, strict=True)] == [True] * 6
+    assert all(done and ids[-1] == tokenizer.eos_token_id for ids, done in samples)
+    with pytest.raises(ValueError, match="2 budgets for 1 prompts"):
+        sample_within_budgets(model, critic, tokenizer, prompt_ids[:1], [4, 6])
+    with pytest.raises(ValueError, match="guided decoding under a budget needs budget_column"):
+        evaluate_policy(model, tokenizer, rows, _length_reward(3), critic=critic)
+
+
+def test_guided_evaluation_needs_a_budget_task(tmp_path, capsys):
+    import yaml
+    from test_study import TINY
+
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / "out"),
+                                                          "eval_guided": True}))
+    assert main(["study", "--config", str(tmp_path / "recipe.yaml")]) == 2
+    assert "eval_guided decodes under each prompt's token budget: use a budget task" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluation_names_a_row_without_a_budget(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -225,7 +263,7 @@ def test_a_budget_study_runs_end_to_end_and_reports_per_budget(tmp_path):
 
     out = tmp_path / "out"
     recipe = {**TINY, "output_dir": str(out), "task": "checked_parity_budget", "headline_method": "lenvm_budget/batch",
-              "eval_at_steps": [1],
+              "eval_at_steps": [1], "eval_guided": True,
               "methods": {"none": {"method": "none"}, "lcpo_max": {"method": "lcpo_max", "grid": [0.1]},
                           "budget_gated": {"method": "budget_gated"},
                           "lenvm_budget": {"method": "lenvm_budget", "grid": [1.0]}}}
@@ -235,6 +273,12 @@ def test_a_budget_study_runs_end_to_end_and_reports_per_budget(tmp_path):
     assert "## Budgets" in report and "starting policy, truncated at N" in report
     assert "| system | N = 8 | N = 12 | N = 16 | N = 24 | N = 32 |" in report
     assert "| system | step 1 | step 2 | samples to reach |" in report  # adherence against RL samples
+    for system in ("| starting policy, guided |", "| lenvm_budget/batch 1, guided |", "| lcpo_max/batch 0.1, guided |"):
+        assert system in report, system
+    budgets = json.loads((out / "report.json").read_text())["budgets"]
+    # guided decoding never writes past the budget: adherence 1 for every system at every budget
+    assert all(cell["within_budget"][0] == 1.0 for name, cells in budgets["systems"].items() if "guided" in name
+               for cell in cells.values())
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {row["variant"] for row in rows} == {"none", "lcpo_max/batch", "budget_gated", "lenvm_budget/batch"}
     for row in rows:

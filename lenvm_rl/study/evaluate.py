@@ -14,9 +14,9 @@ import torch
 from transformers import TrainerCallback
 
 from ..data import render_prompt
-from ..rollout import sample_completions
+from ..rollout import _eos_ids, _split_completion, sample_completions
 
-__all__ = ["evaluate_policy", "EvaluateAtSteps"]
+__all__ = ["evaluate_policy", "sample_within_budgets", "EvaluateAtSteps"]
 
 
 @torch.no_grad()
@@ -35,6 +35,8 @@ def evaluate_policy(
     prefix: Callable[[dict[str, Any]], str] | None = None,
     structure: Callable[[str], dict[str, bool]] | None = None,
     budget_column: str | None = None,
+    critic: Any | None = None,
+    guided_top_k: int = 8,
 ) -> dict[str, np.ndarray]:
     """Per-prompt metrics of ``model`` on ``rows`` (each a dataset row holding ``prompt_column`` and the columns the
     reward function reads, passed to it as keyword lists the way TRL does).
@@ -49,7 +51,12 @@ def evaluate_policy(
     ``budget_error`` (mean ``|L − N| / N``), and the same samples under hard truncation at ``N``,
     ``truncated_correct`` and ``truncated_tokens`` (a completion longer than ``N`` is cut to its first ``N`` tokens
     and scored as such; cutting after sampling is exactly what a hard limit of ``N`` new tokens would sample).
+    With a LenVM ``critic`` as well, completions are drawn by value-guided decoding under each row's budget
+    (:func:`~lenvm_rl.decoding.guided.guided_generate` with the ``at_most`` target ``N`` and ``guided_top_k``
+    candidates): the critic steers every token toward an ending within ``N``, which is then never exceeded.
     """
+    if critic is not None and budget_column is None:
+        raise ValueError("guided decoding under a budget needs budget_column (each row's token budget)")
     if num_samples < 1:
         raise ValueError(f"num_samples must be ≥ 1, got {num_samples}")
     model.eval()
@@ -73,8 +80,14 @@ def evaluate_policy(
             forced_ids = tokenizer(forced_text, add_special_tokens=False)["input_ids"] if forced_text else []
             prompt_ids.append(tokenizer(text, add_special_tokens=not templated)["input_ids"] + forced_ids)
             forced.append(forced_ids)
-        samples = sample_completions(model, tokenizer, prompt_ids, num_samples=num_samples, temperature=temperature,
-                                     max_new_tokens=max_new_tokens, seed=seed + start)
+        if critic is not None:
+            samples = sample_within_budgets(model, critic, tokenizer, prompt_ids,
+                                            [int(row[budget_column]) for row in chunk], num_samples=num_samples,
+                                            temperature=temperature, max_new_tokens=max_new_tokens,
+                                            seed=seed + start, top_k=guided_top_k)
+        else:
+            samples = sample_completions(model, tokenizer, prompt_ids, num_samples=num_samples,
+                                         temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + start)
         texts, lengths, ended, fulls = [], [], [], []
         for index, (ids, done) in enumerate(samples):
             full = forced[index // num_samples] + list(ids)
@@ -114,6 +127,33 @@ def evaluate_policy(
     if budget_column is not None:
         out.update({key: np.asarray(values) for key, values in budgeted.items()})
     return out
+
+
+@torch.no_grad()
+def sample_within_budgets(model: Any, critic: Any, tokenizer: Any, prompt_ids: list[list[int]], budgets: list[int],
+                          num_samples: int = 1, temperature: float = 1.0, max_new_tokens: int = 512, seed: int = 0,
+                          top_k: int = 8) -> list[tuple[list[int], bool]]:
+    """Like :func:`~lenvm_rl.rollout.sample_completions` (prompt-major ``(completion_ids, terminated)``), but each
+    prompt's samples are decoded under the ``at_most`` target of its budget (EOS counted) with the LenVM ``critic``
+    guiding every token; ``temperature=0`` takes the guided argmax."""
+    from ..decoding.guided import LengthTarget, guided_generate
+
+    if len(budgets) != len(prompt_ids):
+        raise ValueError(f"{len(budgets)} budgets for {len(prompt_ids)} prompts")
+    eos_ids = _eos_ids(tokenizer, getattr(model, "generation_config", None))
+    tokenizer.padding_side = "left"
+    batch = tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
+    device = next(model.parameters()).device
+    input_ids = batch["input_ids"].repeat_interleave(num_samples, dim=0).to(device)
+    attention_mask = batch["attention_mask"].repeat_interleave(num_samples, dim=0).to(device)
+    target = LengthTarget("at_most", torch.tensor(budgets).repeat_interleave(num_samples).tolist())
+    torch.manual_seed(seed)
+    critic.eval()
+    output = guided_generate(model, critic, input_ids, attention_mask, top_k=top_k, temperature=max(temperature, 1e-6),
+                             target=target, tokenizer=tokenizer, eos_token_id=sorted(eos_ids),
+                             do_sample=temperature > 0, max_new_tokens=max_new_tokens)
+    generated = output[:, input_ids.shape[1]:].tolist()
+    return [_split_completion(tokens, eos_ids) for tokens in generated]
 
 
 class EvaluateAtSteps(TrainerCallback):

@@ -767,48 +767,57 @@ def budget_table(table: StudyTable, start: dict[str, Any] | None, budgets: list[
                  ) -> dict[str, Any]:
     """Per budget ``N`` of a budget task: every system's accuracy, adherence (``L ≤ N``) and ``|L − N| / N`` on the
     prompts that ask for ``N``, with 95% paired-bootstrap intervals over prompts and seeds for the trained runs.
-    Systems: each (variant, coefficient), and the starting policy plain and under hard truncation at ``N`` (one
+    Systems: each (variant, coefficient), plain and (with ``eval_guided``) decoded under value guidance toward
+    ``N``, and the starting policy plain, guided, and under hard truncation at ``N`` (one
     evaluation: no seed interval, the bootstrap is over prompts). ``target`` holds the issue's test at the tightest
     budget: the most accurate system at adherence ≥ :data:`ADHERENCE_BAR` ÷ the truncated starting policy."""
     budgets_array = np.asarray(budgets)
     levels = sorted(set(budgets))
-    names = [f"{label} {coef:g}" for label, coef in table.configs]
+    keys = ("correct", "within_budget", "budget_error")
+    # plain sampling, and value-guided decoding under the budget where the study evaluated it (eval_guided)
+    decodings = [("", "")] + ([("guided_", ", guided")] if "guided_within_budget" in table.metrics else [])
     metrics = {}
-    for level in levels:
-        outside = budgets_array != level
-        for key in ("correct", "within_budget", "budget_error"):
-            array = table.metrics[key].copy()
-            array[..., outside] = np.nan
-            metrics[f"{key}@{level}"] = array
+    for prefix, _ in decodings:
+        for level in levels:
+            outside = budgets_array != level
+            for key in keys:
+                array = table.metrics[prefix + key].copy()
+                array[..., outside] = np.nan
+                metrics[f"{prefix}{key}@{level}"] = array
 
     def statistic(means: dict[str, np.ndarray]) -> dict[str, float]:
         return {f"{key}/{index}": float(value[index]) for key, value in means.items()
-                for index in range(len(names))}
+                for index in range(len(table.configs))}
 
     point = statistic({key: np.nanmean(value, axis=(1, 2)) for key, value in metrics.items()})
     with warnings.catch_warnings():  # a replicate that draws no prompt of some budget is NaN there, and dropped
         warnings.simplefilter("ignore", RuntimeWarning)
         boot = paired_bootstrap(metrics, statistic, samples=samples, seed=2)
     systems: dict[str, dict[str, Any]] = {}
-    for index, name in enumerate(names):
-        systems[name] = {str(level): {key: [point[f"{key}@{level}/{index}"],
-                                            *percentile_interval(boot[f"{key}@{level}/{index}"])]
-                                      for key in ("correct", "within_budget", "budget_error")}
-                         for level in levels}
+    for prefix, suffix in decodings:
+        for index, (label, coef) in enumerate(table.configs):
+            systems[f"{label} {coef:g}{suffix}"] = {
+                str(level): {key: [point[f"{prefix}{key}@{level}/{index}"],
+                                   *percentile_interval(boot[f"{prefix}{key}@{level}/{index}"])] for key in keys}
+                for level in levels}
     if start is not None and "within_budget" in start:
         rng = np.random.default_rng(3)
-        for name, correct_key, tokens_key in (("starting policy", "correct", "tokens"),
-                                              ("starting policy, truncated at N", "truncated_correct",
-                                               "truncated_tokens")):
+        starts = [("starting policy", "", False), ("starting policy, truncated at N", "truncated_", True)]
+        if "guided_within_budget" in start:
+            starts.append(("starting policy, guided", "guided_", False))
+        for name, prefix, truncated in starts:
             entry = {}
             for level in levels:
                 rows = np.flatnonzero(budgets_array == level)
-                tokens = np.asarray(start[tokens_key], dtype=np.float64)[rows]
-                values = {"correct": np.asarray(start[correct_key], dtype=np.float64)[rows],
-                          "within_budget": (np.asarray(start["within_budget"], dtype=np.float64)[rows]
-                                            if tokens_key == "tokens" else np.ones(len(rows))),
-                          "budget_error": (np.asarray(start["budget_error"], dtype=np.float64)[rows]
-                                           if tokens_key == "tokens" else np.abs(tokens - level) / level)}
+
+                def column(key: str, rows: np.ndarray = rows) -> np.ndarray:
+                    return np.asarray(start[key], dtype=np.float64)[rows]
+
+                if truncated:  # the plain samples cut at N: within N by construction
+                    values = {"correct": column("truncated_correct"), "within_budget": np.ones(len(rows)),
+                              "budget_error": np.abs(column("truncated_tokens") - level) / level}
+                else:
+                    values = {key: column(prefix + key) for key in keys}
                 draws = rng.integers(0, len(rows), size=(samples, len(rows)))
                 entry[str(level)] = {key: [float(v.mean()), *percentile_interval(v[draws].mean(axis=1))]
                                      for key, v in values.items()}
@@ -865,7 +874,8 @@ def _budget_section(budgets: dict[str, Any]) -> list[str]:
     lines = ["## Budgets", "",
              "Each prompt asks for a token budget N (EOS counted); each column holds the prompts that ask for it. "
              "Cells: accuracy / adherence (fraction with L ≤ N), each with its 95% bootstrap interval over prompts "
-             "and seeds. The truncated starting policy is the same samples cut at N tokens.", "",
+             "and seeds. The truncated starting policy is the same samples cut at N tokens; `, guided` rows decode "
+             "with the study's LenVM critic guiding every token under the at_most target N (`eval_guided`).", "",
              "| system | " + " | ".join(f"N = {n}" for n in levels) + " |", "|---|" + "---|" * len(levels)]
     for name, cells in budgets["systems"].items():
         lines.append(f"| {name} | " + " | ".join(f"{cell(cells[str(n)]['correct'])} / "

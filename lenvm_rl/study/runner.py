@@ -67,7 +67,7 @@ _RUN_FIELDS = ("task", "policy", "dataset", "train_split", "eval_split", "prompt
                "task_critic_steps", "task_critic_learning_rate",
                "train_prompts", "rl_steps", "rl_prompts_per_step", "rl_generations", "rl_learning_rate",
                "rl_temperature", "rl_beta", "max_completion_length", "eval_prompts", "eval_samples",
-               "eval_temperature", "eval_greedy", "data_seed")
+               "eval_temperature", "eval_greedy", "eval_guided", "data_seed")
 
 
 @dataclass
@@ -146,6 +146,11 @@ class StudyConfig:
     eval_samples: int = field(default=4, metadata={"help": "Samples per evaluation prompt."})
     eval_temperature: float = field(default=1.0, metadata={"help": "Evaluation sampling temperature."})
     eval_greedy: bool = field(default=True, metadata={"help": "Also evaluate greedy decoding (an extra column)."})
+    eval_guided: bool = field(
+        default=False,
+        metadata={"help": "On a budget task: also evaluate every policy, the starting one included, with value-guided "
+                          "decoding under each prompt's budget (the at_most target, the study's LenVM critic); the "
+                          "report's ', guided' rows."})
     bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap replicates (prompts × seeds)."})
     headline_method: str = field(default="lenvm/group", metadata={"help": "Variant label of the token-level method."})
     comparator_method: str | None = field(
@@ -250,6 +255,10 @@ class StudyConfig:
         self.device = resolve_device(self.device).type
         if self.rl_generations < 2:
             raise ValueError("rl_generations must be ≥ 2: GRPO normalizes within groups of completions")
+        task = self.builtin_task()
+        if self.eval_guided and (task is None or task.budget_column is None):
+            raise ValueError(f"eval_guided decodes under each prompt's token budget: use a budget task (e.g. task: "
+                             f"checked_parity_budget), not {self.task!r}")
 
     def _check_preregistration(self) -> None:
         record = self.preregistration or {}
@@ -424,7 +433,7 @@ def _pretrain_task_critic(config: StudyConfig, policy: Path, out: Path) -> dict[
 
 
 def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
-              correctness: Callable[..., Any], seed: int) -> dict[str, list[float]]:
+              correctness: Callable[..., Any], seed: int, critic: str | None = None) -> dict[str, list[float]]:
     from .evaluate import evaluate_policy
 
     task = config.builtin_task()
@@ -439,6 +448,13 @@ def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[s
         greedy = evaluate_policy(model, tokenizer, rows, correctness, num_samples=1, temperature=0.0, seed=seed,
                                  **common)
         result.update({f"greedy_{key}": value.tolist() for key, value in greedy.items()})
+    if config.eval_guided:
+        from ..modeling import LengthValueModel
+
+        guide = LengthValueModel.from_pretrained(critic).to(config.device)
+        guided = evaluate_policy(model, tokenizer, rows, correctness, num_samples=config.eval_samples,
+                                 temperature=config.eval_temperature, seed=seed, critic=guide, **common)
+        result.update({f"guided_{key}": value.tolist() for key, value in guided.items()})
     return result
 
 
@@ -485,7 +501,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     trainer.add_callback(curve)
     trainer.train()
     train_seconds = time.time() - started - curve.seconds
-    evaluation = _evaluate(config, trainer.model, trainer.processing_class, eval_rows, task_rewards[0], seed)
+    evaluation = _evaluate(config, trainer.model, trainer.processing_class, eval_rows, task_rewards[0], seed, critic)
     log = [{key: float(value) for key, value in entry.items() if isinstance(value, (int, float))}
            for entry in trainer.state.log_history]
     del trainer
@@ -601,7 +617,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
         if "warm-up" not in done:
             clock.finish("warm-up", started)
 
-        needs_critic = any(METHODS[run[1]].uses_critic for run in runs)
+        needs_critic = any(METHODS[run[1]].uses_critic for run in runs) or config.eval_guided
         critic, critic_metrics = None, None
         if needs_critic or config.critic == "train":
             started = clock.start("critic")
@@ -630,7 +646,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             from transformers import AutoModelForCausalLM
 
             model = AutoModelForCausalLM.from_pretrained(policy).to(config.device)
-            start = _evaluate(config, model, tokenizer, eval_rows, task_rewards[0], config.data_seed)
+            start = _evaluate(config, model, tokenizer, eval_rows, task_rewards[0], config.data_seed, critic)
             forced = _forced_decisions(config, model, tokenizer, eval_rows)
             if forced is not None:
                 start["forced"] = forced
