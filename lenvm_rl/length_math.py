@@ -423,9 +423,10 @@ def budget_overshoot_credits(
     a terminated completion ``Σ_t c_t = (o_0 - max(0, L - N)) / N`` (the realized overshoot against the one predicted
     at the prompt, which is the same for every completion of the prompt), a truncated row ends at its bootstrap
     ``o_L = max(0, L + l(s_L) - N)``. A policy whose predicted end stays within the budget at every state earns 0 at
-    every token: the term only ever speaks about overshooting. As a potential difference it keeps the task optimum
-    when it enters a return a critic learns (critic PPO shaping); in GRPO it is a per-token term beside the task
-    advantage, like the length credit. ``N`` is floored at one token.
+    every token: the term only ever speaks about overshooting. Its potential is not 0 at the end (it is minus the
+    realized overshoot), so added to a return (critic PPO shaping) it is a terminal overshoot penalty
+    ``-max(0, L - N) / N`` plus a per-prompt constant, spread over the tokens that caused it; in GRPO it is a
+    per-token term beside the task advantage, like the length credit. ``N`` is floored at one token.
 
     Shapes: ``values`` ``(B, T+1)``, ``completion_mask`` ``(B, T)``, ``budgets`` ``(B,)`` tokens, ``terminated``
     ``(B,)`` → ``(B, T)``, exactly 0 where the mask is 0.

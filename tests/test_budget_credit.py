@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lenvm_rl import budget_overshoot_credits, length_to_value
+from lenvm_rl import budget_overshoot_credits, length_to_value, value_to_length
 
 GAMMA = 0.95
 
@@ -103,6 +103,60 @@ def test_grpo_budget_estimator_is_silent_inside_the_budget_and_speaks_past_it(ti
     assert (roomy["advantages"] - tight["advantages"]).abs().max() > 1e-2
     with pytest.raises(ValueError, match="reads each prompt's token budget from column 'budget'; row 0"):
         run(None)
+
+
+def test_ppo_budget_shaping_adds_the_overshoot_credit_before_the_task_gae(tiny_model_dir, tmp_path):
+    """Critic PPO with length_mode=shaping and length_estimator=budget: the token rewards the task GAE sees are the
+    task rewards plus β · c_t (budget_overshoot_credits of the frozen LenVM critic), checked by hand through the
+    real trainer; and the shaped rewards of a terminated completion sum to the reward minus β·(realized − predicted
+    overshoot)/N."""
+    from datasets import Dataset
+
+    from lenvm_rl import LengthValueModel, LenVMPPOConfig, LenVMPPOTrainer, task_gae
+    from lenvm_rl.tiny import build_tiny_tokenizer
+
+    def reward(completions, **kwargs):
+        return [float(len(c) % 2) for c in completions]
+
+    rows = [{"prompt": f"add: {i} {i + 3}", "budget": budget} for i, budget in ((0, 3), (1, 6)) for _ in range(4)]
+    common = dict(per_device_train_batch_size=8, num_generations=4, max_completion_length=24, use_cpu=True,
+                  bf16=False, report_to="none", beta=0.0, seed=0, save_strategy="no", disable_tqdm=True,
+                  max_steps=1, whiten_task_advantages=False, lam_task=0.9, length_mode="shaping", length_coef=0.5)
+    args = LenVMPPOConfig(output_dir=str(tmp_path), length_estimator="budget", **common)
+    torch.manual_seed(0)
+    critic = LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9)
+    trainer = LenVMPPOTrainer(model=str(tiny_model_dir), reward_funcs=reward, args=args,
+                              train_dataset=Dataset.from_list(rows), critic=critic,
+                              critic_processing_class=build_tiny_tokenizer())
+    trainer.model.eval()  # no task-critic update: the values below are the ones the GAE used
+    output = trainer._generate_and_score_completions(rows)
+    ids, mask = output["completion_ids"], output["completion_mask"]
+    terminated = ((ids == trainer.processing_class.eos_token_id) & mask.bool()).any(dim=1)
+    with torch.no_grad():
+        task_values = trainer.task_critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids,
+                                                                 mask, read="logits")
+        potential = critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids, mask)
+    texts = trainer.processing_class.batch_decode([i[m.bool()] for i, m in zip(ids, mask, strict=True)],
+                                                  skip_special_tokens=True)
+    lengths = mask.sum(dim=1)
+    rewards = torch.zeros(mask.shape)
+    rewards[torch.arange(8), lengths - 1] = torch.tensor(reward(texts))
+    rewards *= terminated[:, None]
+    budgets = torch.tensor([3.0] * 4 + [6.0] * 4)
+    credits = budget_overshoot_credits(potential, mask, budgets, 0.9, terminated)
+    assert credits.abs().max() > 1e-3  # budgets of 3 and 6 tokens are overshot by this policy
+    expected, _ = task_gae(task_values, rewards + 0.5 * credits, mask, 1.0, 0.9, terminated)
+    torch.testing.assert_close(output["advantages"], expected, atol=1e-5, rtol=1e-5)
+    done = terminated.nonzero().flatten()
+    assert len(done) > 0
+    predicted = (value_to_length(potential[:, 0], 0.9) - budgets).clamp(min=0)
+    realized = (lengths.float() - budgets).clamp(min=0)
+    torch.testing.assert_close(credits[done].sum(dim=1), ((predicted - realized) / budgets)[done], atol=1e-4,
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match="budget shaping .* needs gamma_task=1"):
+        LenVMPPOConfig(output_dir=str(tmp_path), length_estimator="budget", gamma_task=0.99, **common)
+    with pytest.raises(ValueError, match="length_estimator"):  # the unbiased credit is not a shaping potential
+        LenVMPPOConfig(output_dir=str(tmp_path), length_estimator="unbiased", **common)
 
 
 def _correct_if_a(completions, **kwargs):

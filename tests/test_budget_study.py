@@ -192,7 +192,11 @@ def test_budget_methods_build_the_l1_rewards_and_the_token_level_term():
     token = plan_run("lenvm_budget", 0.5, [correctness], 64, "critic", budget_column="budget")
     assert token.overrides["length_estimator"] == "budget" and token.overrides["budget_column"] == "budget"
     assert token.overrides["length_gate"] == "success" and token.overrides["length_coef"] == 0.5
-    for method in ("lcpo_max", "lcpo_exact", "budget_gated", "lenvm_budget"):
+    ppo = plan_run("ppo_budget", 0.5, [correctness], 64, "critic", budget_column="budget")
+    assert ppo.trainer_class.__name__ == "LenVMPPOTrainer" and ppo.overrides["length_mode"] == "shaping"
+    assert ppo.overrides["length_estimator"] == "budget" and "length_gate" not in ppo.overrides
+    ppo.config_class(output_dir="unused", use_cpu=True, report_to="none", **ppo.overrides)  # a valid config
+    for method in ("lcpo_max", "lcpo_exact", "budget_gated", "lenvm_budget", "ppo_budget"):
         with pytest.raises(ValueError, match=f"method '{method}' reads each prompt's token budget"):
             plan_run(method, 0.1, [correctness], 64, "critic")
 

@@ -27,6 +27,8 @@ token-level length advantage *after* it (``lenvm_rl.trainer.grpo``).
 ``budget_gated``          budgets: correctness counts only within the prompt's budget, ``correct · 1[L ≤ N]``
 ``lenvm_budget``          budgets, token level: the change of the critic's predicted overshoot of ``N``,
                           ``Φ(s_t) = -max(0, t + l(s_t) - N) / N``, as the gated length term
+``ppo_budget``            budgets in critic PPO: the same potential as shaping of the token rewards before the task
+                          GAE (a terminal overshoot penalty spread over the tokens that caused it)
 ``ppo_none``              critic PPO (task critic GAE), no length term — the control of ``ppo_lenvm``
 ``ppo_lenvm``             critic PPO with the gated LenVM advantage
 ``ppo_linear``            critic PPO with the linear penalty in the reward — the sequence-level control of
@@ -63,9 +65,9 @@ __all__ = ["MethodSpec", "RunPlan", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", 
 SEQUENCE_LEVEL = ("linear", "kimi", "budget", "gated_self_normalized", "ppo_linear", "lcpo_max", "lcpo_exact",
                   "budget_gated")
 TOKEN_LEVEL = ("lenvm", "lenvm_ungated", "lenvm_seq", "lenvm_value", "ppo_lenvm", "lenvm_unbiased", "lenvm_task",
-               "lenvm_settled", "lenvm_budget")
+               "lenvm_settled", "lenvm_budget", "ppo_budget")
 # the methods that read each prompt's token budget (a budget task's column)
-BUDGET_METHODS = ("lcpo_max", "lcpo_exact", "budget_gated", "lenvm_budget")
+BUDGET_METHODS = ("lcpo_max", "lcpo_exact", "budget_gated", "lenvm_budget", "ppo_budget")
 # TRL's ``scale_rewards`` of the task advantage; "group" is TRL's default, "none" Arora & Zanette's own setting
 NORMALIZATIONS = ("group", "batch", "none")
 
@@ -111,6 +113,8 @@ METHODS: dict[str, MethodSpec] = {
     "ppo_none": MethodSpec("critic PPO, no length term", trainer="ppo", uses_coef=False),
     "ppo_lenvm": MethodSpec("critic PPO + LenVM, gated", trainer="ppo", uses_critic=True),
     "ppo_linear": MethodSpec("critic PPO + linear length penalty", trainer="ppo"),
+    "ppo_budget": MethodSpec("critic PPO + LenVM budget shaping", trainer="ppo", uses_critic=True,
+                             overrides=(("length_estimator", "budget"),)),
 }
 
 
@@ -206,8 +210,11 @@ def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]
             overrides["length_credit"] = "sequence"
         if method == "lenvm_value":
             overrides["length_units"] = "value"
-        if method == "lenvm_budget":
+        if method in ("lenvm_budget", "ppo_budget"):
             overrides["budget_column"] = budget_column
+        if method == "ppo_budget":  # shaping has no gate: every completion's overshoot is charged
+            overrides["length_mode"] = "shaping"
+            del overrides["length_gate"], overrides["length_gate_threshold"]
     if spec.uses_task_critic and not (options or {}).get("task_critic_model_name_or_path"):
         raise ValueError(f"method {method!r} needs a task critic: the option task_critic_model_name_or_path")
     overrides.update(dict(spec.overrides))

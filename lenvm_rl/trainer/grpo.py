@@ -332,8 +332,10 @@ class LenVMGRPOConfig(GRPOConfig):
             ignored = _CRITIC_OPTIONS + _LENGTH_OPTIONS + ("length_charge", *_SETTLED_DETAILS)
         elif self.length_mode == "shaping":
             ignored = ("length_lam", "length_units", "length_credit", "length_scale", "length_scale_min", "length_gate",
-                       *_GATE_DETAILS, "length_estimator", "length_charge", *_SETTLED_DETAILS,
+                       *_GATE_DETAILS, "length_charge", *_SETTLED_DETAILS,
                        "whiten_length_advantages", "critic_refresh", "critic_learning_rate")
+            if self.length_estimator != "budget":  # critic PPO shapes with the budget potential
+                ignored += ("length_estimator", "budget_column")
         else:
             if self.length_units == "relative":
                 ignored += ("whiten_length_advantages",)

@@ -30,6 +30,13 @@ convergence. (With the critic's own γ in ``F`` and an undiscounted task return,
 per token, a length *bonus*; ``tests/test_ppo.py`` pins the telescoping.) To trade accuracy for length, use the
 advantage mode.
 
+With ``length_estimator="budget"`` the shaping potential is the predicted overshoot of each prompt's token budget
+``N`` (``budget_column``), ``Φ(s_t) = -max(0, t + l(s_t) - N) / N`` (:func:`~lenvm_rl.length_math.
+budget_overshoot_credits`), and ``r'_t = r_t + β (Φ(s_{t+1}) - Φ(s_t))`` with ``γ_task = 1`` (required). This
+potential is not 0 at the end: it is minus the realized overshoot, so the shaped return is the task return minus
+``β · max(0, L - N) / N`` plus a per-prompt constant — it charges overshooting the budget, and each token pays the
+part of it that it caused.
+
 **Task critic.** A :class:`~lenvm_rl.modeling.LengthValueModel` whose head logit ``z`` is read as the unbounded
 value (identity output, ``read="logits"``), initialized from the policy's backbone (or
 ``task_critic_model_name_or_path``), float32, its own AdamW. After each generation batch it is fit to the GAE
@@ -62,7 +69,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
 from ..data import check_local_path, pad_prompt_completion_batch
-from ..length_math import potential_shaping, rewards_on_last_token, task_gae
+from ..length_math import budget_overshoot_credits, potential_shaping, rewards_on_last_token, task_gae
 from ..modeling import LengthValueConfig, LengthValueModel
 from ..signals import terminated_mask
 from .grpo import LenVMGRPOConfig, LenVMGRPOTrainer, _check_vocabulary
@@ -139,6 +146,9 @@ class LenVMPPOConfig(LenVMGRPOConfig):
             )
         if self.critic_warmup_steps < 0:
             raise ValueError(f"critic_warmup_steps must be ≥ 0, got {self.critic_warmup_steps}")
+        if self.length_mode == "shaping" and self.length_estimator == "budget" and self.gamma_task != 1.0:
+            raise ValueError(f"budget shaping (length_estimator='budget') needs gamma_task=1, got {self.gamma_task}: "
+                             "its potential differences telescope to the overshoot penalty only undiscounted")
 
 
 class _TaskCriticAdvantages(GRPOTrainer):
@@ -172,7 +182,12 @@ class _TaskCriticAdvantages(GRPOTrainer):
         token_rewards = rewards_on_last_token(rewards, completion_mask, terminated)
         if self.args.length_mode == "shaping":
             potential = self.score_lengths(prompt_ids, prompt_mask, completion_ids, completion_mask)
-            shaping = potential_shaping(potential, completion_mask, self.args.gamma_task, terminated)
+            if self.args.length_estimator == "budget":
+                budgets = self._budgets(inputs).to(potential.device)
+                shaping = budget_overshoot_credits(potential, completion_mask, budgets, self.length_critic.gamma,
+                                                   terminated)
+            else:
+                shaping = potential_shaping(potential, completion_mask, self.args.gamma_task, terminated)
             token_rewards = token_rewards + self.current_length_coef() * shaping * scorable[:, None]
             self._log_masked_stats(mode, "ppo/shaping_reward", shaping, mask)
         advantages, returns = task_gae(old_values, token_rewards, completion_mask, self.args.gamma_task,
