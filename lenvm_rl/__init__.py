@@ -60,7 +60,7 @@ _export("rollout", "RolloutConfig", "generate_rollouts", "load_rollouts", "sampl
 _export(
     "rewards",
     "KimiLengthReward", "LinearLengthPenalty", "TargetLengthReward", "TokenBudgetReward", "resolve_reward_function",
-    "resolve_reward_functions", "BudgetLengthReward",
+    "resolve_reward_functions", "BudgetLengthReward", "CosineScaledCorrectness",
 )
 _export(
     "evaluation",
@@ -82,7 +82,7 @@ _export(
 _export("decoding.prediction", "predict_length", "tokenize_prompts")
 _export("decoding.length_score", "length_deviation", "length_score", "summarize_length_control")
 _export("tiny", "build_tiny_tokenizer", "fit_causal_lm", "save_tiny_causal_lm", "tiny_decoder_config")
-_export("study.evaluate", "EvaluateAtSteps", "evaluate_policy")
+_export("study.evaluate", "EvaluateAtSteps", "evaluate_policy", "sample_within_budgets")
 _export("study.tasks", "StudyTask", "get_task", "register_task", "task_names")
 _export("study.methods", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "MethodSpec", "RunPlan", "check_method_options",
         "plan_run", "expand_normalizations", "normalization_of", "normalization_gaps", "run_fingerprint")
@@ -178,6 +178,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     )
     from .rewards import (
         BudgetLengthReward,
+        CosineScaledCorrectness,
         KimiLengthReward,
         LinearLengthPenalty,
         SelfNormalizedLengthPenalty,
@@ -188,7 +189,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     )
     from .rollout import RolloutConfig, generate_rollouts, load_rollouts, sample_completions, save_rollouts
     from .signals import LengthCritic, LengthSignals, completion_mask_from_ids, gate_by_success, terminated_mask
-    from .study.evaluate import EvaluateAtSteps, evaluate_policy
+    from .study.evaluate import EvaluateAtSteps, evaluate_policy, sample_within_budgets
     from .study.methods import (
         METHODS,
         SEQUENCE_LEVEL,

@@ -19,6 +19,7 @@ __all__ = [
     "TargetLengthReward",
     "TokenBudgetReward",
     "BudgetLengthReward",
+    "CosineScaledCorrectness",
     "SelfNormalizedLengthPenalty",
     "resolve_reward_function",
     "resolve_reward_functions",
@@ -209,6 +210,46 @@ class BudgetLengthReward:
             else:
                 terms.append(-correct if length > budget else 0.0)
         return terms
+
+
+class CosineScaledCorrectness:
+    """TRL's cosine length-scaled correctness reward (``trl.rewards.get_cosine_scaled_reward``; Yeo et al. 2025,
+    "Demystifying Long Chain-of-Thought Reasoning", App. C.1) around any 0/1 correctness reward, for tasks whose
+    answers are not math (TRL's decides correctness with ``math_verify`` on a ``solution`` column)::
+
+        r = v_min + ½ (v_max - v_min) (1 + cos(π · min(L / max_len, 1)))
+
+    with ``(v_min, v_max) = (min_value_correct, max_value_correct)`` for a correct completion (shorter earns more) and
+    ``(max_value_wrong, min_value_wrong)`` for a wrong one (shorter is penalized more, which keeps exploring).
+    Defaults and the clamp at ``max_len`` are TRL's. It *replaces* the correctness reward (it is the whole reward);
+    a ``None`` score (unscorable) stays ``None``.
+    """
+
+    __name__ = "cosine_scaled_reward"
+
+    def __init__(self, correctness: RewardFunction, max_len: int, min_value_wrong: float = -1.0,
+                 max_value_wrong: float = -0.5, min_value_correct: float = 0.5, max_value_correct: float = 1.0,
+                 threshold: float = 0.5):
+        if not callable(correctness):
+            raise ValueError("correctness must be a reward function")
+        if not (isinstance(max_len, int) and max_len >= 1):
+            raise ValueError(f"max_len must be a positive number of tokens, got {max_len!r}")
+        self.correctness, self.max_len, self.threshold = correctness, max_len, float(threshold)
+        self.correct_bounds = (float(min_value_correct), float(max_value_correct))
+        self.wrong_bounds = (float(max_value_wrong), float(min_value_wrong))
+
+    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+                 **kwargs: Any) -> list[float | None]:
+        scores = self.correctness(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        rewards: list[float | None] = []
+        for score, length in zip(scores, _lengths(completion_ids), strict=True):
+            if score is None:
+                rewards.append(None)
+                continue
+            low, high = self.correct_bounds if score >= self.threshold else self.wrong_bounds
+            cosine = math.cos(math.pi * min(length / self.max_len, 1.0))
+            rewards.append(low + 0.5 * (high - low) * (1.0 + cosine))
+        return rewards
 
 
 class SelfNormalizedLengthPenalty(_GroupLengthReward):

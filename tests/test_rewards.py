@@ -70,3 +70,49 @@ def test_self_normalized_length_penalty_by_hand():
         SelfNormalizedLengthPenalty(correct, coef=-1)
     with pytest.raises(ValueError, match="correctness"):
         SelfNormalizedLengthPenalty("not a function")
+
+
+def test_cosine_scaled_correctness_follows_trls_schedule(monkeypatch):
+    """The oracle is TRL's own cosine-scaled reward, with its math-verification correctness replaced by the same
+    0/1 scores (TRL's needs math_verify and a solution column; ours wraps any correctness reward)."""
+    import trl.rewards.accuracy_rewards as trl_accuracy
+    from trl.rewards import get_cosine_scaled_reward
+
+    from lenvm_rl.rewards import CosineScaledCorrectness
+
+    ids = [[1] * n for n in (1, 5, 10, 20, 3, 9)]
+    completions = ["yes", "yes", "yes", "yes", "no", "no"]
+    scores = correct_if_says_yes(completions)
+    monkeypatch.setattr(trl_accuracy, "accuracy_reward", lambda completions, solution, **kwargs: scores)
+    for bounds in ({}, {"min_value_wrong": -2.0, "max_value_wrong": -0.2, "min_value_correct": 0.1,
+                        "max_value_correct": 3.0}):
+        expected = get_cosine_scaled_reward(max_len=10, **bounds)(completions=completions, solution=[""] * 6,
+                                                                  completion_ids=ids)
+        ours = CosineScaledCorrectness(correct_if_says_yes, max_len=10, **bounds)(["p"] * 6, completions, ids)
+        assert ours == pytest.approx(expected)
+    # shorter correct answers earn more, shorter wrong ones are penalized more, and past max_len nothing changes
+    default = CosineScaledCorrectness(correct_if_says_yes, max_len=10)(["p"] * 6, completions, ids)
+    assert default[0] > default[1] > default[2] == default[3] == pytest.approx(0.5)
+    assert default[4] < default[5] < -0.5
+    assert CosineScaledCorrectness(lambda **kwargs: [None], max_len=4)(["p"], ["x"], [[1]]) == [None]
+    with pytest.raises(ValueError, match="max_len must be a positive number of tokens"):
+        CosineScaledCorrectness(correct_if_says_yes, max_len=0)
+
+
+def test_trls_length_rewards_as_study_methods():
+    from trl.rewards.other_rewards import _SoftOverlongPunishment
+
+    from lenvm_rl.rewards import CosineScaledCorrectness
+    from lenvm_rl.study.methods import plan_run
+
+    dapo = plan_run("dapo_overlong", 16, [correct_if_says_yes], 64, None)
+    (term,) = dapo.reward_funcs[1:]
+    assert isinstance(term, _SoftOverlongPunishment)  # TRL's own object, not a copy
+    assert term(completion_ids=[[1] * 40, [1] * 56, [1] * 70]) == [0.0, -0.5, -1.0]
+    cosine = plan_run("cosine", 32, [correct_if_says_yes], 64, None)
+    assert isinstance(cosine.reward_funcs[0], CosineScaledCorrectness) and cosine.reward_funcs[0].max_len == 32
+    assert len(cosine.reward_funcs) == 1  # it replaces the correctness reward
+    for method, coef, message in (("dapo_overlong", 65, "at most max_completion_length"),
+                                  ("dapo_overlong", 0.5, "whole number ≥ 1"), ("cosine", 7.5, "whole number ≥ 1")):
+        with pytest.raises(ValueError, match=message):
+            plan_run(method, coef, [correct_if_says_yes], 64, None)

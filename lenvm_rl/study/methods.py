@@ -11,6 +11,12 @@ token-level length advantage *after* it (``lenvm_rl.trainer.grpo``).
 ``kimi``                  Kimi k1.5 group length reward (:class:`~lenvm_rl.rewards.KimiLengthReward`)
 ``budget``                DLER-style truncation: the correctness reward is 0 past ``coef`` tokens
 ``gated_self_normalized`` Arora & Zanette 2025 (:class:`~lenvm_rl.rewards.SelfNormalizedLengthPenalty`)
+``dapo_overlong``         TRL's DAPO soft overlong punishment (``trl.rewards.get_soft_overlong_punishment``), used as
+                          is: 0 up to ``max_completion_length - coef`` tokens, then linear down to -1 (``coef`` is
+                          its ``soft_punish_cache``, in tokens)
+``cosine``                TRL's cosine length-scaled correctness schedule around the task's correctness reward
+                          (:class:`~lenvm_rl.rewards.CosineScaledCorrectness`; TRL's own needs math answers),
+                          ``max_len = coef`` tokens, TRL's default bounds
 ``lenvm``                 LenVM token-level length advantage, gated on correctness (relative units)
 ``lenvm_ungated``         the same without the gate
 ``lenvm_seq``             the ablation: same critic, gate, coefficient; every token carries the completion's whole
@@ -50,6 +56,7 @@ from typing import Any
 
 from ..rewards import (
     BudgetLengthReward,
+    CosineScaledCorrectness,
     KimiLengthReward,
     LinearLengthPenalty,
     SelfNormalizedLengthPenalty,
@@ -57,15 +64,19 @@ from ..rewards import (
     TokenBudgetReward,
 )
 
-__all__ = ["MethodSpec", "RunPlan", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "BUDGET_METHODS", "NORMALIZATIONS",
+__all__ = ["MethodSpec", "RunPlan", "METHODS", "SEQUENCE_LEVEL", "TOKEN_LEVEL", "BUDGET_METHODS", "TOKEN_COUNT_COEFS",
+           "STRICTER_WHEN_SMALLER", "NORMALIZATIONS",
            "plan_run",
            "check_method_options", "expand_normalizations", "normalization_of", "normalization_gaps",
            "run_fingerprint"]
 
 SEQUENCE_LEVEL = ("linear", "kimi", "budget", "gated_self_normalized", "ppo_linear", "lcpo_max", "lcpo_exact",
-                  "budget_gated")
+                  "budget_gated", "dapo_overlong", "cosine")
 TOKEN_LEVEL = ("lenvm", "lenvm_ungated", "lenvm_seq", "lenvm_value", "ppo_lenvm", "lenvm_unbiased", "lenvm_task",
                "lenvm_settled", "lenvm_budget", "ppo_budget")
+# methods whose coefficient is a whole number of tokens, and those of them that get stricter as it shrinks
+TOKEN_COUNT_COEFS = ("budget", "cosine", "dapo_overlong")
+STRICTER_WHEN_SMALLER = ("budget", "cosine")
 # the methods that read each prompt's token budget (a budget task's column)
 BUDGET_METHODS = ("lcpo_max", "lcpo_exact", "budget_gated", "lenvm_budget", "ppo_budget")
 # TRL's ``scale_rewards`` of the task advantage; "group" is TRL's default, "none" Arora & Zanette's own setting
@@ -91,6 +102,8 @@ METHODS: dict[str, MethodSpec] = {
     "kimi": MethodSpec("Kimi group length reward"),
     "budget": MethodSpec("token budget (truncation)"),
     "gated_self_normalized": MethodSpec("gated self-normalized (Arora & Zanette)"),
+    "dapo_overlong": MethodSpec("DAPO soft overlong punishment (TRL)"),
+    "cosine": MethodSpec("cosine length-scaled correctness (TRL's schedule)"),
     "lenvm": MethodSpec("LenVM token-level, gated", uses_critic=True),
     "lenvm_ungated": MethodSpec("LenVM token-level, ungated", uses_critic=True),
     "lenvm_seq": MethodSpec("LenVM sequence-level ablation, gated", uses_critic=True),
@@ -198,6 +211,18 @@ def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]
                                           threshold=success_threshold))
     elif method == "lcpo_exact":
         rewards.append(TargetLengthReward(coef=coef, target_column=budget_column))
+    elif method in ("dapo_overlong", "cosine"):
+        if coef < 1 or coef != int(coef) or (method == "dapo_overlong" and coef > max_completion_length):
+            limit = f" and at most max_completion_length ({max_completion_length})" if method == "dapo_overlong" else ""
+            raise ValueError(f"{method}: the coefficient is a number of tokens and must be a whole number ≥ 1{limit}, "
+                             f"got {coef}")
+        if method == "dapo_overlong":
+            from trl.rewards import get_soft_overlong_punishment
+
+            rewards.append(get_soft_overlong_punishment(max_completion_len=max_completion_length,
+                                                        soft_punish_cache=int(coef)))
+        else:
+            rewards[0] = CosineScaledCorrectness(correctness, max_len=int(coef), threshold=success_threshold)
     elif method == "gated_self_normalized":
         rewards.append(SelfNormalizedLengthPenalty(correctness, coef=coef, threshold=success_threshold))
     elif spec.uses_critic:

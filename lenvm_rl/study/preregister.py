@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .methods import METHODS, PRETRAINED, SEQUENCE_LEVEL, TOKEN_LEVEL
+from .methods import METHODS, PRETRAINED, SEQUENCE_LEVEL, STRICTER_WHEN_SMALLER, TOKEN_COUNT_COEFS, TOKEN_LEVEL
 from .report import StudyTable, _frontier
 from .stats import tokens_at_accuracy
 
@@ -64,7 +64,7 @@ def confirmatory_grid(table: StudyTable, label: str, accuracy: np.ndarray, token
     steps = range(2 - points, 2)
     indices = table.indices(label)
     holding = [i for i in indices if accuracy[i] >= target]
-    budget = table.method(label) == "budget"
+    budget = table.method(label) in STRICTER_WHEN_SMALLER
     if holding:
         center = min(holding, key=lambda i: tokens[i])
     else:  # the weakest coefficient (largest budget, smallest coefficient)
@@ -73,6 +73,8 @@ def confirmatory_grid(table: StudyTable, label: str, accuracy: np.ndarray, token
     coef = table.configs[center][1]
     if budget:
         return [float(max(1, round(coef * BUDGET_RATIO ** -k))) for k in steps]
+    if table.method(label) in TOKEN_COUNT_COEFS:
+        return [float(max(1, round(coef * GRID_RATIO ** k))) for k in steps]
     return [coef * GRID_RATIO ** k for k in steps]
 
 

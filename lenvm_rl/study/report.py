@@ -19,7 +19,7 @@ import numpy as np
 
 from ..io import write_text_atomically
 from ..tasks import TRACE_PAYS_FROM
-from .methods import METHODS, SEQUENCE_LEVEL
+from .methods import METHODS, SEQUENCE_LEVEL, STRICTER_WHEN_SMALLER
 from .stats import (
     accuracy_at_tokens,
     paired_bootstrap,
@@ -66,7 +66,7 @@ class StudyTable:
 
     def _sort_coef(self, label: str, coef: float) -> float:
         # a token budget gets stricter as it shrinks: order grids from weakest to strongest
-        return -coef if self.variants[label]["method"] == "budget" else coef
+        return -coef if self.variants[label]["method"] in STRICTER_WHEN_SMALLER else coef
 
     def method(self, label: str) -> str:
         return self.variants[label]["method"]
