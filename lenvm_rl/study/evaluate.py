@@ -37,6 +37,7 @@ def evaluate_policy(
     budget_column: str | None = None,
     critic: Any | None = None,
     guided_top_k: int = 8,
+    top_p: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Per-prompt metrics of ``model`` on ``rows`` (each a dataset row holding ``prompt_column`` and the columns the
     reward function reads, passed to it as keyword lists the way TRL does).
@@ -44,8 +45,8 @@ def evaluate_policy(
     Returns ``(P,)`` arrays: ``correct`` (fraction of the ``num_samples`` completions whose correctness reward is
     ``≥ threshold``), ``tokens`` (their mean length), ``terminated`` (fraction that ended with EOS), and for every key
     ``k`` that ``structure(text)`` reports, ``k`` (the fraction of completions that hold it). ``temperature=0`` is
-    greedy (then use ``num_samples=1``). ``prefix(row)``, when given, is text forced at the start of every
-    completion (it counts toward the completion, its tokens toward the length).
+    greedy (then use ``num_samples=1``); ``top_p`` is nucleus sampling. ``prefix(row)``, when given, is text forced
+    at the start of every completion (it counts toward the completion, its tokens toward the length).
 
     With ``budget_column`` (rows holding a token budget ``N``), also: ``within_budget`` (fraction with ``L ≤ N``),
     ``budget_error`` (mean ``|L − N| / N``), and the same samples under hard truncation at ``N``,
@@ -84,10 +85,11 @@ def evaluate_policy(
             samples = sample_within_budgets(model, critic, tokenizer, prompt_ids,
                                             [int(row[budget_column]) for row in chunk], num_samples=num_samples,
                                             temperature=temperature, max_new_tokens=max_new_tokens,
-                                            seed=seed + start, top_k=guided_top_k)
+                                            seed=seed + start, top_k=guided_top_k, top_p=top_p)
         else:
             samples = sample_completions(model, tokenizer, prompt_ids, num_samples=num_samples,
-                                         temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + start)
+                                         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                         seed=seed + start)
         texts, lengths, ended, fulls = [], [], [], []
         for index, (ids, done) in enumerate(samples):
             full = forced[index // num_samples] + list(ids)
@@ -132,7 +134,7 @@ def evaluate_policy(
 @torch.no_grad()
 def sample_within_budgets(model: Any, critic: Any, tokenizer: Any, prompt_ids: list[list[int]], budgets: list[int],
                           num_samples: int = 1, temperature: float = 1.0, max_new_tokens: int = 512, seed: int = 0,
-                          top_k: int = 8) -> list[tuple[list[int], bool]]:
+                          top_k: int = 8, top_p: float = 1.0) -> list[tuple[list[int], bool]]:
     """Like :func:`~lenvm_rl.rollout.sample_completions` (prompt-major ``(completion_ids, terminated)``), but each
     prompt's samples are decoded under the ``at_most`` target of its budget (EOS counted) with the LenVM ``critic``
     guiding every token; ``temperature=0`` takes the guided argmax."""
@@ -149,7 +151,8 @@ def sample_within_budgets(model: Any, critic: Any, tokenizer: Any, prompt_ids: l
     target = LengthTarget("at_most", torch.tensor(budgets).repeat_interleave(num_samples).tolist())
     torch.manual_seed(seed)
     critic.eval()
-    output = guided_generate(model, critic, input_ids, attention_mask, top_k=top_k, temperature=max(temperature, 1e-6),
+    output = guided_generate(model, critic, input_ids, attention_mask, top_k=top_k, top_p=top_p,
+                             temperature=max(temperature, 1e-6),
                              target=target, tokenizer=tokenizer, eos_token_id=sorted(eos_ids),
                              do_sample=temperature > 0, max_new_tokens=max_new_tokens)
     generated = output[:, input_ids.shape[1]:].tolist()

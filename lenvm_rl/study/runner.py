@@ -67,7 +67,10 @@ _RUN_FIELDS = ("task", "policy", "dataset", "train_split", "eval_split", "prompt
                "task_critic_steps", "task_critic_learning_rate",
                "train_prompts", "rl_steps", "rl_prompts_per_step", "rl_generations", "rl_learning_rate",
                "rl_temperature", "rl_beta", "max_completion_length", "eval_prompts", "eval_samples",
-               "eval_temperature", "eval_greedy", "eval_guided", "data_seed")
+               "eval_temperature", "eval_greedy", "eval_guided", "data_seed", "tokenizer_name_or_path", "top_p",
+               "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bf16", "use_vllm")
+# the LoRA options a study ignores without use_peft
+_LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 @dataclass
@@ -92,6 +95,20 @@ class StudyConfig:
                           "parquet file with train and eval splits (a single file: its first eval_prompts rows are "
                           "held out)."},
     )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer (and chat template) of the policy; default: the policy's own."}
+    )
+    use_peft: bool = field(
+        default=False, metadata={"help": "Train every RL run as a LoRA adapter on the policy (TRL's peft_config)."}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (use_peft)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (use_peft)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (use_peft)."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules LoRA adapts (use_peft); default: peft's choice for the architecture."}
+    )
+    bf16: bool = field(default=False, metadata={"help": "Train in bf16 (a GPU)."})
+    use_vllm: bool = field(default=False, metadata={"help": "Generate RL rollouts with vLLM (where installed)."})
     train_split: str = field(default="train", metadata={"help": "Split of RL prompts."})
     eval_split: str = field(default="eval", metadata={"help": "Split of held-out evaluation prompts."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts."})
@@ -140,6 +157,7 @@ class StudyConfig:
     rl_generations: int = field(default=4, metadata={"help": "Completions per prompt (GRPO group size)."})
     rl_learning_rate: float = field(default=5e-5, metadata={"help": "Policy learning rate of every RL run."})
     rl_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature during RL."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top_p, in RL and in sampled evaluation."})
     rl_beta: float = field(default=0.0, metadata={"help": "KL coefficient of every RL run."})
     max_completion_length: int = field(default=64, metadata={"help": "Token limit (RL and evaluation)."})
     eval_prompts: int = field(default=400, metadata={"help": "Held-out prompts evaluated."})
@@ -255,6 +273,17 @@ class StudyConfig:
         self.device = resolve_device(self.device).type
         if self.rl_generations < 2:
             raise ValueError("rl_generations must be ≥ 2: GRPO normalizes within groups of completions")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if not self.use_peft:
+            defaults = {f.name: f.default for f in fields(StudyConfig)}
+            ignored = [name for name in _LORA_FIELDS if getattr(self, name) != defaults[name]]
+            if ignored:
+                raise ValueError(f"{ignored} are LoRA options and use_peft is false: set use_peft: true or drop them")
+        if self.tokenizer_name_or_path is not None:
+            from ..data import check_local_path
+
+            check_local_path(self.tokenizer_name_or_path, "tokenizer_name_or_path", check_hub=False)
         task = self.builtin_task()
         if self.eval_guided and (task is None or task.budget_column is None):
             raise ValueError(f"eval_guided decodes under each prompt's token budget: use a budget task (e.g. task: "
@@ -442,7 +471,7 @@ def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[s
               "threshold": config.success_threshold, "structure": structure,
               "budget_column": _budget_column(config)}
     sampled = evaluate_policy(model, tokenizer, rows, correctness, num_samples=config.eval_samples,
-                              temperature=config.eval_temperature, seed=seed, **common)
+                              temperature=config.eval_temperature, seed=seed, top_p=config.top_p, **common)
     result = {key: value.tolist() for key, value in sampled.items()}
     if config.eval_greedy:
         greedy = evaluate_policy(model, tokenizer, rows, correctness, num_samples=1, temperature=0.0, seed=seed,
@@ -453,7 +482,8 @@ def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[s
 
         guide = LengthValueModel.from_pretrained(critic).to(config.device)
         guided = evaluate_policy(model, tokenizer, rows, correctness, num_samples=config.eval_samples,
-                                 temperature=config.eval_temperature, seed=seed, critic=guide, **common)
+                                 temperature=config.eval_temperature, seed=seed, critic=guide, top_p=config.top_p,
+                                 **common)
         result.update({f"guided_{key}": value.tolist() for key, value in guided.items()})
     return result
 
@@ -461,6 +491,21 @@ def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[s
 def _budget_column(config: StudyConfig) -> str | None:
     task = config.builtin_task()
     return None if task is None else task.budget_column
+
+
+def _tokenizer_path(config: StudyConfig, policy: Path) -> str:
+    return config.tokenizer_name_or_path or str(policy)
+
+
+def _peft_config(config: StudyConfig) -> Any:
+    """TRL's ``get_peft_config`` of the study's LoRA fields (None without ``use_peft``)."""
+    if not config.use_peft:
+        return None
+    from trl import ModelConfig, get_peft_config
+
+    return get_peft_config(ModelConfig(use_peft=True, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                                       lora_dropout=config.lora_dropout,
+                                       lora_target_modules=config.lora_target_modules))
 
 
 def _run_dir(out: Path, label: str, coef: float, seed: int) -> Path:
@@ -487,17 +532,26 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
         output_dir=str(run_dir / "trainer"), max_steps=config.rl_steps,
         per_device_train_batch_size=config.rl_prompts_per_step * config.rl_generations,
         num_generations=config.rl_generations, max_completion_length=config.max_completion_length,
-        temperature=config.rl_temperature, learning_rate=config.rl_learning_rate, beta=config.rl_beta,
-        use_cpu=config.device == "cpu", bf16=False, report_to="none", logging_steps=max(1, config.rl_steps // 10),
-        save_strategy="no", seed=seed, **plan.overrides)
+        temperature=config.rl_temperature, top_p=config.top_p, learning_rate=config.rl_learning_rate,
+        beta=config.rl_beta, use_cpu=config.device == "cpu", bf16=config.bf16, use_vllm=config.use_vllm,
+        report_to="none", logging_steps=max(1, config.rl_steps // 10), save_strategy="no", seed=seed,
+        **plan.overrides)
     started = time.time()
+    from transformers import AutoTokenizer
+
     trainer = plan.trainer_class(model=str(policy), reward_funcs=plan.reward_funcs, args=args,
-                                 train_dataset=Dataset.from_list(train_rows))
+                                 train_dataset=Dataset.from_list(train_rows),
+                                 processing_class=AutoTokenizer.from_pretrained(_tokenizer_path(config, policy)),
+                                 peft_config=_peft_config(config))
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    logger.info("%s coef=%g seed=%d: %d of %d parameters trainable (%.2f%%)", label, coef, seed, trainable, total,
+                100 * trainable / total)
     curve = EvaluateAtSteps(
         [s for s in config.eval_at_steps or [] if 0 < s < config.rl_steps], eval_rows, task_rewards[0],
         num_samples=config.eval_samples, temperature=config.eval_temperature, seed=seed,
         max_new_tokens=config.max_completion_length, prompt_column=config.prompt_column,
-        threshold=config.success_threshold, budget_column=_budget_column(config))
+        threshold=config.success_threshold, budget_column=_budget_column(config), top_p=config.top_p)
     trainer.add_callback(curve)
     trainer.train()
     train_seconds = time.time() - started - curve.seconds
@@ -508,6 +562,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     gc.collect()
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
     return {"label": label, "method": method, "coef": coef, "seed": seed, "train_seconds": train_seconds,
+            "trainable_parameters": trainable, "parameters": total,
             "seconds": time.time() - started, "eval": evaluation, "eval_at_steps": curve.results, "train_log": log}
 
 
@@ -640,7 +695,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(policy)
+        tokenizer = AutoTokenizer.from_pretrained(_tokenizer_path(config, policy))
         if not (out / "start.json").exists():
             started = clock.start("starting policy")
             from transformers import AutoModelForCausalLM
