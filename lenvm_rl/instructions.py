@@ -14,7 +14,9 @@ Everything is generated here, deterministically from a seed (no download). Categ
 checkable answer), grouped by category so that a rollout batch holds prompts of similar answer lengths (HF
 ``generate`` runs every row of a batch until the longest finishes). :func:`make_arithmetic_problems` gives
 disjoint train/eval arithmetic sets for RL, :func:`make_length_control_prompts` open-ended prompts for
-length-constrained generation. :func:`write_instruction_files` writes the files under ``recipes/smollm2/data``::
+length-constrained generation. :func:`make_reasoning_problems` gives two- and three-step word problems (a chain of
+operations on one quantity), the real-model study's task where a short chain of steps can help a small model.
+:func:`write_instruction_files` writes the files under ``recipes/smollm2/data``::
 
     python -m lenvm_rl.instructions recipes/smollm2/data
 """
@@ -36,6 +38,7 @@ __all__ = [
     "make_instructions",
     "make_arithmetic_problems",
     "make_length_control_prompts",
+    "make_reasoning_problems",
     "ARITHMETIC_KINDS",
     "GRPO_ARITHMETIC_KINDS",
     "write_instruction_files",
@@ -209,6 +212,59 @@ def make_arithmetic_problems(count: int, seed: int = 0, exclude: set[str] | None
     return list(problems.items())
 
 
+_CONTAINERS = ("bags", "boxes", "packs", "jars", "baskets")
+
+
+def _reasoning_problem(rng: random.Random, steps: int) -> tuple[str, int]:
+    """One word problem of ``steps`` operations on one person's count of one item, and its whole-number answer: a
+    start count, then ``steps`` of buying containers of several items (× then +), getting more (+), giving some away
+    (−) and losing some (−), never going below zero."""
+    name, other = rng.sample(_NAMES, 2)
+    item, container = rng.choice(_ITEMS), rng.choice(_CONTAINERS)
+    count = rng.randint(3, 20)
+    sentences = [f"{name} has {count} {item}."]
+    for index in range(steps):
+        then = "Then " if index else ""
+        kinds = ["buy", "get"] + (["give", "lose"] if count >= 2 else [])
+        kind = rng.choice(kinds)
+        if kind == "buy":
+            packs, each = rng.randint(2, 6), rng.randint(2, 9)
+            count += packs * each
+            sentences.append(f"{then}{name} buys {packs} {container} with {each} {item} in each.")
+        elif kind == "get":
+            more = rng.randint(2, 15)
+            count += more
+            sentences.append(f"{then}{other} gives {name} {more} more {item}.")
+        else:
+            fewer = rng.randint(1, count - 1)
+            count -= fewer
+            sentences.append(f"{then}{name} gives {fewer} {item} to {other}." if kind == "give"
+                             else f"{then}{name} loses {fewer} {item}.")
+    sentences.append(f"How many {item} does {name} have now?")
+    return " ".join(sentences), count
+
+
+def make_reasoning_problems(count: int, seed: int = 0, steps: Sequence[int] = (2, 3),
+                            exclude: set[str] | None = None) -> list[dict[str, Any]]:
+    """``count`` distinct multi-step word problems ``{"prompt", "answer", "steps"}`` (answer a whole number as a
+    string; ``steps`` operations, drawn from ``steps``), none of them in ``exclude``. Deterministic in ``seed``."""
+    if not steps or any(not isinstance(k, int) or k < 1 for k in steps):
+        raise ValueError(f"steps must be positive whole numbers of operations, got {steps}")
+    rng = random.Random(seed)
+    exclude = exclude or set()
+    problems: dict[str, dict[str, Any]] = {}
+    attempts = 0
+    while len(problems) < count and attempts < 100 * max(count, 1):
+        length = rng.choice(list(steps))
+        prompt, answer = _reasoning_problem(rng, length)
+        if prompt not in exclude:
+            problems.setdefault(prompt, {"prompt": prompt, "answer": str(answer), "steps": length})
+        attempts += 1
+    if len(problems) < count:
+        raise ValueError(f"could draw only {len(problems)} distinct reasoning problems of the {count} asked for")
+    return list(problems.values())
+
+
 def make_length_control_prompts() -> list[str]:
     """Open-ended prompts with no natural length, for length-constrained generation (the constraint is added by
     ``lenvm-rl eval-length-control``'s ``instruction_template``)."""
@@ -232,6 +288,9 @@ INSTRUCTION_FILES = {
                               "as chat messages",
     "arithmetic_eval.jsonl": "128 held-out multiplication word problems (in neither file above), as chat messages",
     "length_control.jsonl": "16 open-ended prompts for eval-length-control",
+    "reasoning_train.jsonl": "512 two- and three-step word problems for the real-model study (answer and steps "
+                             "columns), as chat messages",
+    "reasoning_eval.jsonl": "192 held-out two- and three-step word problems (in no file above)",
 }
 
 
@@ -258,6 +317,12 @@ def write_instruction_files(directory: str | os.PathLike, seed: int = 0) -> dict
         "arithmetic_eval.jsonl": [{"prompt": _user(p), "answer": a} for p, a in held_out],
         "length_control.jsonl": [{"prompt": p} for p in make_length_control_prompts()],
     }
+    used |= {prompt for prompt, _ in held_out}
+    reasoning_train = make_reasoning_problems(512, seed=seed + 3, exclude=used)
+    used |= {row["prompt"] for row in reasoning_train}
+    reasoning_eval = make_reasoning_problems(192, seed=seed + 4, exclude=used)
+    contents["reasoning_train.jsonl"] = [{**row, "prompt": _user(row["prompt"])} for row in reasoning_train]
+    contents["reasoning_eval.jsonl"] = [{**row, "prompt": _user(row["prompt"])} for row in reasoning_eval]
     paths = {}
     for name, rows in contents.items():
         paths[name] = directory / name

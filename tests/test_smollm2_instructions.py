@@ -86,3 +86,48 @@ def test_arithmetic_answers_are_right_and_the_sets_disjoint():
              {r["prompt"][0]["content"] for r in held_out}]
     assert not texts[0] & texts[1] and not texts[0] & texts[2] and not texts[1] & texts[2]
     assert sum(path.stat().st_size for path in DATA.iterdir()) < 1_000_000
+
+
+def _solve_chain(prompt: str) -> tuple[int, int]:
+    """An independent solver for the multi-step problems: (answer, operations), sentence by sentence."""
+    sentences = [s.strip() for s in prompt.split(".") if s.strip()]
+    count = int(re.search(r"has (\d+)", sentences[0]).group(1))
+    operations = 0
+    for sentence in sentences[1:]:
+        if sentence.startswith("How many"):
+            break
+        numbers = [int(n) for n in re.findall(r"\d+", sentence)]
+        operations += 1
+        if " buys " in sentence:
+            count += numbers[0] * numbers[1]
+        elif " more " in sentence:
+            count += numbers[0]
+        elif " loses " in sentence or re.search(r"gives \d+ \w+ to", sentence):
+            count -= numbers[0]
+        else:
+            raise AssertionError(f"unknown step: {sentence}")
+        assert count >= 0, prompt
+    return count, operations
+
+
+def test_reasoning_problems_are_right_multi_step_and_disjoint():
+    from lenvm_rl.instructions import make_reasoning_problems
+
+    def load(name):
+        return [json.loads(line) for line in (DATA / name).read_text().splitlines()]
+
+    train, held_out = load("reasoning_train.jsonl"), load("reasoning_eval.jsonl")
+    assert (len(train), len(held_out)) == (512, 192)
+    for row in train + held_out:
+        (message,) = row["prompt"]
+        answer, operations = _solve_chain(message["content"])
+        assert (str(answer), operations) == (row["answer"], row["steps"]) and operations in (2, 3)
+    assert Counter(row["steps"] for row in held_out).keys() == {2, 3}
+    texts = {name: {row["prompt"][0]["content"] for row in load(name)} for name in
+             ("reasoning_train.jsonl", "reasoning_eval.jsonl", "arithmetic_train.jsonl", "arithmetic_eval.jsonl")}
+    assert not texts["reasoning_train.jsonl"] & texts["reasoning_eval.jsonl"]
+    assert len(texts["reasoning_eval.jsonl"]) == 192  # distinct
+    assert make_reasoning_problems(20, seed=5) == make_reasoning_problems(20, seed=5)
+    assert all(row["steps"] == 4 for row in make_reasoning_problems(10, seed=1, steps=(4,)))
+    with pytest.raises(ValueError, match="steps must be positive whole numbers"):
+        make_reasoning_problems(3, steps=(0,))
