@@ -282,7 +282,7 @@ def test_the_long_task_runs_through_the_same_harness_and_its_preregistration_kee
     assert config.study_task().name == "multi_parity"
 
 
-def test_a_lora_study_on_chat_prompts_with_its_own_tokenizer(tmp_path, tiny_model_dir):
+def test_a_lora_study_on_chat_prompts_with_its_own_tokenizer(tmp_path, tiny_model_dir, capsys):
     """The real-model path on a tiny model: chat-message prompts with an answer column, a reward reading it, a
     tokenizer from its own directory, LoRA adapters through TRL's peft_config (recorded per run: a small fraction
     of the parameters trains), nucleus sampling, and the LenVM critic given as a directory."""
@@ -290,15 +290,17 @@ def test_a_lora_study_on_chat_prompts_with_its_own_tokenizer(tmp_path, tiny_mode
 
     from lenvm_rl import LengthValueModel
 
-    data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"add {i} {i}"}],
-                                        "answer": str(2 * i)}) + "\n" for i in range(24)))
+    data, held_out = tmp_path / "prompts.jsonl", tmp_path / "held_out.jsonl"
+    for path, numbers in ((data, range(4, 24)), (held_out, range(4))):
+        path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"add {i} {i}"}],
+                                            "answer": str(2 * i)}) + "\n" for i in numbers))
     tokenizer_dir = tmp_path / "tokenizer"
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tokenizer_dir)
     critic = tmp_path / "critic"
     LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9).save_pretrained(critic)
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(out), dataset=str(data),
+                          eval_dataset=str(held_out),
                           policy=str(tiny_model_dir), tokenizer_name_or_path=str(tokenizer_dir), critic=str(critic),
                           difficulty_column=None, eval_prompts=4, reward_funcs=["arithmetic_correctness"],
                           use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"], top_p=0.9,
@@ -312,12 +314,21 @@ def test_a_lora_study_on_chat_prompts_with_its_own_tokenizer(tmp_path, tiny_mode
         assert 0 < result["trainable_parameters"] < 0.2 * result["parameters"]
     saved = json.loads((out / "study_config.json").read_text())["fingerprint"]
     assert saved["use_peft"] is True and saved["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert all(len(r["eval"]["correct"]) == 4 for r in results)  # the held-out file, all of it
+    # a held-out file that repeats training prompts is refused, naming it
+    held_out.write_text(data.read_text().splitlines()[0] + "\n")
+    repeat = write_recipe(tmp_path / "repeat.yaml", **{**yaml.safe_load(recipe.read_text()),
+                                                       "output_dir": str(tmp_path / "repeat")})
+    capsys.readouterr()
+    assert main(["study", "--config", str(repeat)]) == 2
+    assert "1 evaluation prompts are also training prompts of" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"lora_r": 8}, "['lora_r'] are LoRA options and use_peft is false"),
     ({"top_p": 0.0}, "top_p must lie in (0, 1], got 0.0"),
     ({"tokenizer_name_or_path": "/no/such/tokenizer"}, "tokenizer_name_or_path /no/such/tokenizer does not exist"),
+    ({"eval_dataset": "held_out.jsonl"}, "eval_dataset holds the held-out prompts of a dataset of your own"),
 ])
 def test_real_model_options_are_checked(tmp_path, capsys, overrides, message):
     recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"), **overrides)

@@ -60,8 +60,8 @@ DEFAULT_METHODS: dict[str, dict[str, Any]] = {
 }
 
 # Fields that change what a run computes: results made under other values are not comparable.
-_RUN_FIELDS = ("task", "policy", "dataset", "train_split", "eval_split", "prompt_column", "reward_funcs",
-               "success_threshold",
+_RUN_FIELDS = ("task", "policy", "dataset", "eval_dataset", "train_split", "eval_split", "prompt_column",
+               "reward_funcs", "success_threshold",
                "warmup_hidden_size", "warmup_layers", "warmup_problems", "warmup_steps", "warmup_learning_rate",
                "critic", "critic_rollout_prompts", "critic_rollout_samples", "critic_steps", "critic_learning_rate",
                "task_critic_steps", "task_critic_learning_rate",
@@ -109,6 +109,11 @@ class StudyConfig:
     )
     bf16: bool = field(default=False, metadata={"help": "Train in bf16 (a GPU)."})
     use_vllm: bool = field(default=False, metadata={"help": "Generate RL rollouts with vLLM (where installed)."})
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Held-out evaluation prompts in a file or directory of their own (its eval_split when it has "
+                          "splits); default: the dataset's eval split, or a single file's first eval_prompts rows."},
+    )
     train_split: str = field(default="train", metadata={"help": "Split of RL prompts."})
     eval_split: str = field(default="eval", metadata={"help": "Split of held-out evaluation prompts."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts."})
@@ -280,6 +285,9 @@ class StudyConfig:
             ignored = [name for name in _LORA_FIELDS if getattr(self, name) != defaults[name]]
             if ignored:
                 raise ValueError(f"{ignored} are LoRA options and use_peft is false: set use_peft: true or drop them")
+        if self.eval_dataset is not None and self.dataset == BUILTIN:
+            raise ValueError("eval_dataset holds the held-out prompts of a dataset of your own; the built-in task "
+                             "generates its own (drop eval_dataset or set dataset)")
         if self.tokenizer_name_or_path is not None:
             from ..data import check_local_path
 
@@ -373,7 +381,15 @@ def _load_splits(config: StudyConfig) -> tuple[list[dict[str, Any]], list[dict[s
     from ..data import load_prompt_dataset
 
     path = Path(config.dataset)
-    if path.is_dir() and (path / "dataset_dict.json").exists():
+    if config.eval_dataset is not None:
+        train = load_prompt_dataset(config.dataset, config.train_split, config.prompt_column)
+        held_out = load_prompt_dataset(config.eval_dataset, config.eval_split, config.prompt_column)
+        overlap = set(map(json.dumps, held_out[config.prompt_column])) & set(map(json.dumps,
+                                                                                 train[config.prompt_column]))
+        if overlap:
+            raise ValueError(f"{config.eval_dataset}: {len(overlap)} evaluation prompts are also training prompts of "
+                             f"{config.dataset} (e.g. {sorted(overlap)[0][:80]}); held-out prompts must be held out")
+    elif path.is_dir() and (path / "dataset_dict.json").exists():
         splits = load_from_disk(str(path))
         assert isinstance(splits, DatasetDict)
         for name in (config.train_split, config.eval_split):

@@ -65,6 +65,10 @@ def main() -> None:
     parser.add_argument("--prompts_per_batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--output", default=None, help="JSON file for the results")
+    parser.add_argument("--suffix", default="", help="text appended to each user message (e.g. ' Answer with only "
+                                                      "the number.' to measure what the reasoning is worth)")
+    parser.add_argument("--group_column", default=None, help="also report accuracy and length by this column "
+                                                             "(e.g. steps for reasoning_eval.jsonl)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -72,7 +76,14 @@ def main() -> None:
     model, tokenizer = load_policy(args.policy)
     table = load_prompt_dataset(args.prompts)
     table = table.select(range(min(args.num_prompts, len(table))))
-    prompt_ids = [tokenizer(render_prompt(tokenizer, p)[0], add_special_tokens=False)["input_ids"]
+    def with_suffix(prompt):
+        if not args.suffix:
+            return prompt
+        if isinstance(prompt, str):
+            return prompt + args.suffix
+        return [*prompt[:-1], {**prompt[-1], "content": prompt[-1]["content"] + args.suffix}]
+
+    prompt_ids = [tokenizer(render_prompt(tokenizer, with_suffix(p))[0], add_special_tokens=False)["input_ids"]
                   for p in table["prompt"]]
     correct, lengths, truncated = [], [], 0
     for first in range(0, len(prompt_ids), args.prompts_per_batch):
@@ -94,8 +105,16 @@ def main() -> None:
         "accuracy": statistics.fmean(correct), "accuracy_ci95": bootstrap_interval(correct),
         "mean_length": statistics.fmean(lengths), "mean_length_ci95": bootstrap_interval(lengths),
         "truncated_fraction": truncated / (len(prompt_ids) * args.num_samples),
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(time.perf_counter() - start, 1), "suffix": args.suffix,
     }
+    if args.group_column:
+        groups = table[args.group_column]
+        result["by_" + args.group_column] = {
+            str(level): {"problems": sum(g == level for g in groups),
+                         "accuracy": statistics.fmean(c for c, g in zip(correct, groups, strict=True) if g == level),
+                         "mean_length": statistics.fmean(n for n, g in zip(lengths, groups, strict=True) if g == level)}
+            for level in sorted(set(groups))}
+        print(f"by {args.group_column}: {json.dumps(result['by_' + args.group_column])}")
     print(f"{args.policy}: accuracy {result['accuracy']:.3f} (95% CI {result['accuracy_ci95'][0]:.3f}–"
           f"{result['accuracy_ci95'][1]:.3f}), mean length {result['mean_length']:.1f} tokens "
           f"({result['mean_length_ci95'][0]:.1f}–{result['mean_length_ci95'][1]:.1f}), truncated "
