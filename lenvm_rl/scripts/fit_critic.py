@@ -40,6 +40,7 @@ class FitCriticArguments:
     num_samples: int = field(default=8, metadata={"help": "Completions per prompt."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts (the policy's "
                                                                 "RL temperature)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top_p of the rollouts (the RL top_p)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token limit of a rollout (the RL limit)."})
     eval_fraction: float = field(default=0.25, metadata={"help": "Fraction of prompts held out for evaluation."})
     prompts_per_batch: int = field(default=16, metadata={"help": "Prompts per generate call."})
@@ -108,7 +109,8 @@ def fit_critic(args: FitCriticArguments, training_overrides: dict[str, Any] | No
     splits = generate_rollouts(RolloutConfig(
         policy=args.policy, dataset=args.dataset, output_dir=str(rollouts), prompt_column=args.prompt_column,
         dataset_split=args.dataset_split, max_prompts=args.max_prompts, num_samples=args.num_samples,
-        temperature=args.temperature, max_new_tokens=args.max_new_tokens, eval_fraction=args.eval_fraction,
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+        eval_fraction=args.eval_fraction,
         seed=args.seed, prompts_per_batch=args.prompts_per_batch, device=args.device))
     for line in sizing_advice(splits["train"], args.max_steps, args.batch_size, args.max_new_tokens):
         print(line)

@@ -64,6 +64,7 @@ _RUN_FIELDS = ("task", "policy", "dataset", "eval_dataset", "train_split", "eval
                "reward_funcs", "success_threshold",
                "warmup_hidden_size", "warmup_layers", "warmup_problems", "warmup_steps", "warmup_learning_rate",
                "critic", "critic_rollout_prompts", "critic_rollout_samples", "critic_steps", "critic_learning_rate",
+               "critic_trainable_top_layers",
                "task_critic_steps", "task_critic_learning_rate",
                "train_prompts", "rl_steps", "rl_prompts_per_step", "rl_generations", "rl_learning_rate",
                "rl_temperature", "rl_beta", "max_completion_length", "eval_prompts", "eval_samples",
@@ -152,6 +153,11 @@ class StudyConfig:
     critic_rollout_samples: int = field(default=8, metadata={"help": "Samples per rollout prompt."})
     critic_steps: int = field(default=600, metadata={"help": "Critic training steps (batch 32)."})
     critic_learning_rate: float = field(default=2e-3, metadata={"help": "Critic learning rate."})
+    critic_trainable_top_layers: int | None = field(
+        default=None,
+        metadata={"help": "Train only the critic's top N decoder layers, final norm and value head (a real model: "
+                          "the frozen layers need no backward pass); None: all of it."},
+    )
     task_critic_steps: int = field(
         default=300, metadata={"help": "Steps of the task critic pretrained for PPO variants that ask for one."}
     )
@@ -456,8 +462,9 @@ def _train_critic(config: StudyConfig, policy: Path, train_rows: list[dict[str, 
     return fit_critic(FitCriticArguments(
         policy=str(policy), dataset=str(prompts_file), output_dir=str(out), prompt_column=config.prompt_column,
         num_samples=config.critic_rollout_samples, max_new_tokens=config.max_completion_length, eval_fraction=0.25,
-        prompts_per_batch=64, max_steps=config.critic_steps, batch_size=32, learning_rate=config.critic_learning_rate,
-        seed=config.data_seed, device=config.device),
+        temperature=config.rl_temperature, top_p=config.top_p, prompts_per_batch=64, max_steps=config.critic_steps,
+        batch_size=32, learning_rate=config.critic_learning_rate,
+        trainable_top_layers=config.critic_trainable_top_layers, seed=config.data_seed, device=config.device),
         training_overrides={"logging_steps": max(1, config.critic_steps // 5)}, eval_dir="critic-eval")
 
 
