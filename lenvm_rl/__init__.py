@@ -41,7 +41,8 @@ _export(
     "masked_whiten", "normalize_length_credits", "place_length_advantages", "potential_shaping",
     "relative_length_advantages",
     "relative_length_credits", "task_gae", "value_targets", "value_to_length",
-    "unbiased_length_credits", "process_advantages", "budget_overshoot_credits", "rewards_on_last_token",
+    "unbiased_length_credits", "process_advantages", "group_centered", "group_means", "budget_overshoot_credits",
+    "rewards_on_last_token",
     "task_reward_scale", "settled_mask",
 )
 _export(
@@ -144,6 +145,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         choose_gamma,
         completion_lengths,
         discounted_cumsum,
+        group_centered,
+        group_means,
         length_advantages,
         length_outcome_statistics,
         length_returns,

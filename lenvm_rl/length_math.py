@@ -23,6 +23,8 @@ from torch import Tensor
 
 __all__ = [
     "budget_overshoot_credits",
+    "group_centered",
+    "group_means",
     "check_gamma",
     "check_completion_mask",
     "completion_lengths",
@@ -511,6 +513,34 @@ def process_advantages(
     token_rewards = rewards_on_last_token(rewards.to(values.dtype), completion_mask, terminated)
     advantages, _ = task_gae(values, token_rewards, completion_mask, 1.0, lam, terminated)
     return advantages / sigma.to(values.dtype)[:, None]
+
+
+def group_centered(advantages: Tensor, completion_mask: Tensor, group_size: int) -> Tensor:
+    """Per-token advantages shifted so that their first-token values average 0 within each group of ``group_size``
+    consecutive rows (a prompt's completions)::
+
+        Ã_t = A_t - mean_{j ∈ g} A^j_0
+
+    For the process advantage ``A_t = (R - V(s_t)) / σ`` this takes out what every completion of a prompt shares:
+    ``mean_g (R - V(s_0)) / σ``, which is 0 in expectation for an exact critic and is the critic's error at the
+    prompt otherwise. A frozen critic that has gone stale (its value off by ``c`` at every state, as the policy's
+    accuracy moved) shifts every token of every completion by ``-c/σ`` — a push on all sampled tokens, EOS included;
+    centred, the credit is exactly invariant to such a shift, and what remains is how each token moved the outcome
+    relative to the group's other completions. Rows with an empty mask take part with ``A_0 = 0``.
+
+    Shapes: ``advantages`` ``(B, T)``, ``completion_mask`` ``(B, T)`` → ``(B, T)``, 0 where the mask is 0;
+    ``B`` a multiple of ``group_size``.
+    """
+    mask = completion_mask.to(advantages.dtype)
+    return (advantages - group_means(advantages[:, 0] * mask[:, 0], group_size)[:, None]) * mask
+
+
+def group_means(values: Tensor, group_size: int) -> Tensor:
+    """Each row's group mean: ``(B,)`` → ``(B,)``, groups of ``group_size`` consecutive rows."""
+    batch = values.shape[0]
+    if group_size < 1 or batch % group_size:
+        raise ValueError(f"{batch} rows do not split into groups of {group_size}")
+    return values.view(-1, group_size).mean(dim=1).repeat_interleave(group_size)
 
 
 def settled_mask(values: Tensor, completion_mask: Tensor, tolerance: float) -> Tensor:

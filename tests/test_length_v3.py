@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lenvm_rl import (
+    group_centered,
     length_to_value,
     process_advantages,
     relative_length_credits,
@@ -185,6 +186,63 @@ def test_trainer_adds_the_process_advantage_to_grpo_advantage(tiny_model_dir, tm
         process = (float(rewards[row]) - 0.5) / sigma if terminated[row] else 0.0
         torch.testing.assert_close(output["advantages"][row, :n].float(),
                                    torch.full((n,), float(grpo[row]) + 2.0 * process), atol=1e-4, rtol=1e-4)
+
+
+def test_group_centring_removes_a_stale_critics_shift_and_nothing_else():
+    torch.manual_seed(0)
+    values = torch.rand(8, 6, dtype=torch.float64)
+    mask = torch.ones(8, 5, dtype=torch.int64)
+    mask[3, 3:] = 0
+    rewards = torch.tensor([1.0, 0, 1, 1, 0, 0, 1, 0], dtype=torch.float64)
+    sigma = torch.full((8,), 0.5, dtype=torch.float64)
+    terminated = torch.ones(8, dtype=torch.bool)
+    exact = process_advantages(values, rewards, mask, sigma, terminated=terminated)
+    stale = process_advantages(values + 0.3, rewards, mask, sigma, terminated=terminated)  # off by 0.3 everywhere
+    assert (stale - exact)[mask.bool()].mean() < -0.5  # uncentred, the stale critic pushes every token down
+    centred_exact, centred_stale = group_centered(exact, mask, 4), group_centered(stale, mask, 4)
+    torch.testing.assert_close(centred_stale, centred_exact)  # exactly invariant to the shift
+    assert torch.allclose(centred_exact[:, 0].view(2, 4).sum(dim=1), torch.zeros(2, dtype=torch.float64))
+    # within a row nothing moves but the row's constant offset: token-to-token differences are kept
+    torch.testing.assert_close((centred_exact - exact)[:, 1:] * mask[:, 1:], (centred_exact - exact)[:, :1]
+                               .expand(-1, 4) * mask[:, 1:])
+    assert (centred_exact[~mask.bool()] == 0).all()
+    with pytest.raises(ValueError, match="8 rows do not split into groups of 3"):
+        group_centered(exact, mask, 3)
+
+
+def test_trainer_centres_the_process_advantage_per_group(tiny_model_dir, tmp_path):
+    """task_credit_centering: group through the real trainer: the same batch, the advantage differs from the
+    uncentred one by each group's mean first-token process advantage, on every token of the group."""
+    critic = _task_critic(tiny_model_dir, tmp_path / "task-critic")
+    rows = [{"prompt": f"add: {i} {i + 3}"} for i in range(2) for _ in range(4)]
+    outputs = {}
+    for centering in ("none", "group"):
+        trainer = _trainer(tiny_model_dir, tmp_path, length_mode="none", task_credit="critic",
+                           task_critic_model_name_or_path=str(critic), scale_rewards="batch",
+                           task_credit_centering=centering)
+        torch.manual_seed(1)
+        outputs[centering] = trainer._generate_and_score_completions(rows)
+    plain, centred = outputs["none"], outputs["group"]
+    torch.testing.assert_close(plain["completion_ids"], centred["completion_ids"])
+    mask = plain["completion_mask"].bool()
+    ids = plain["completion_ids"]
+    rewards = torch.tensor(_first_token_reward(trainer.processing_class.batch_decode(ids, skip_special_tokens=True)))
+    terminated = ((ids == trainer.processing_class.eos_token_id) & mask).any(dim=1)
+    sigma = max(float(rewards.std()), 0.1)
+    first = torch.where(terminated, (rewards - 0.5) / sigma, torch.zeros(8))  # the constant 0.5 critic's A_0
+    offsets = first.view(2, 4).mean(dim=1).repeat_interleave(4)
+    assert offsets.abs().max() > 1e-3  # the constant critic is off for this batch: there is something to remove
+    for row in range(8):
+        n = int(mask[row].sum())
+        torch.testing.assert_close((plain["advantages"][row, :n] - centred["advantages"][row, :n]).float(),
+                                   torch.full((n,), float(offsets[row])), atol=1e-4, rtol=1e-4)
+    from lenvm_rl import LenVMGRPOConfig
+
+    with pytest.warns(UserWarning, match="ignores task_credit_centering='group'"):  # without task_credit: critic
+        LenVMGRPOConfig(output_dir=str(tmp_path / "x"), use_cpu=True, bf16=False, length_mode="none",
+                        task_credit_centering="group")
+    with pytest.raises(ValueError, match="task_credit_centering must be one of"):
+        LenVMGRPOConfig(output_dir=str(tmp_path / "x"), use_cpu=True, bf16=False, task_credit_centering="prompt")
 
 
 def test_settled_charge_weights_length_credit_before_the_answer_settles(tiny_model_dir, tmp_path, make_constant_critic):

@@ -59,6 +59,7 @@ from ..data import check_local_path, check_same_tokenizer, tokenizer_fingerprint
 from ..length_math import (
     budget_overshoot_credits,
     check_gamma,
+    group_means,
     length_advantages,
     length_outcome_statistics,
     normalize_length_credits,
@@ -108,7 +109,8 @@ _LENGTH_OPTIONS = ("length_coef", "length_coef_schedule", "length_coef_warmup_st
                    "length_gate_threshold", "length_gate_failed", "whiten_length_advantages",
                    "length_estimator", "budget_column")
 _GATE_DETAILS = ("length_gate_reward_funcs", "length_gate_threshold", "length_gate_failed")
-_TASK_CREDIT_DETAILS = ("task_credit_coef", "task_credit_lam")
+_TASK_CREDIT_DETAILS = ("task_credit_coef", "task_credit_lam", "task_credit_centering")
+TASK_CREDIT_CENTERINGS = ("none", "group")
 _SETTLED_DETAILS = ("settled_tolerance", "presettle_length_weight")
 
 
@@ -227,6 +229,12 @@ class LenVMGRPOConfig(GRPOConfig):
         metadata={"help": "λ of the process advantage: 1 is (R - V(s_t)) / σ, unbiased for any critic (a state "
                           "baseline); < 1 leans on the critic's one-step changes (less variance, its errors as bias)."},
     )
+    task_credit_centering: str = field(
+        default="none",
+        metadata={"help": "'none': the process advantage as it is; 'group': minus the group mean of its first-token "
+                          "value, mean_g (R - V(s_0)) / σ, so a stale frozen critic (off by the same amount at every "
+                          "state) cannot push every token one way (lenvm_rl.length_math.group_centered)."},
+    )
     length_charge: str = field(
         default="all",
         metadata={"help": "'all': length credit on every token; 'settled': full length credit once the task critic's "
@@ -274,6 +282,7 @@ class LenVMGRPOConfig(GRPOConfig):
         choices = {"length_mode": modes, "critic_zero3": CRITIC_ZERO3_MODES, "length_units": LENGTH_UNITS,
                    "length_credit": LENGTH_CREDITS, "length_scale": LENGTH_SCALES,
                    "length_estimator": LENGTH_ESTIMATORS, "task_credit": TASK_CREDITS, "length_charge": LENGTH_CHARGES,
+                   "task_credit_centering": TASK_CREDIT_CENTERINGS,
                    "length_gate_failed": GATE_FAILED, "length_coef_schedule": COEF_SCHEDULES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -586,6 +595,10 @@ class LenVMGRPOTrainer(GRPOTrainer):
         process = process_advantages(task_values, rewards, completion_mask, sigma[rows], self.args.task_credit_lam,
                                      terminated)
         process = process * self._local_scorable(batch).to(process.dtype).to(process.device)[:, None]
+        if self.args.task_credit_centering == "group":
+            # groups may span processes: centre on the gathered first-token values, keep this process's rows
+            first = self.accelerator.gather((process[:, 0] * completion_mask[:, 0].to(process.dtype)).contiguous())
+            process = (process - group_means(first, group_size)[rows, None]) * completion_mask.to(process.dtype)
         self._log_masked_stats(mode, "task_credit/advantage", process, completion_mask.to(process.dtype))
         self._log_masked_stats(mode, "task_credit/value", task_values[:, :-1], completion_mask.to(process.dtype))
         return process
