@@ -918,7 +918,7 @@ def _plot_budgets(out: Path, budgets: dict[str, Any]) -> None:
     from ..evaluation import save_figure
 
     levels = budgets["budgets"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(16, 6), sharex=True)
     for color, (name, cells) in enumerate(budgets["systems"].items()):
         style = ":" if name.startswith("starting policy") else "-"
         for ax, key in ((left, "correct"), (right, "within_budget")):
@@ -930,6 +930,8 @@ def _plot_budgets(out: Path, budgets: dict[str, Any]) -> None:
     for ax in (left, right):
         ax.set_xlabel("token budget N")
         ax.grid(alpha=0.3)
-    left.legend(fontsize=6)
-    fig.tight_layout()
+    # one legend beside both panels: with every run plain and guided it would cover either of them
+    handles, names = left.get_legend_handles_labels()
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(0.79, 0.5), fontsize=6, ncol=1 + len(names) // 40)
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
     save_figure(fig, out / "budgets.png")
