@@ -335,3 +335,17 @@ def test_real_model_options_are_checked(tmp_path, capsys, overrides, message):
     assert main(["study", "--config", str(recipe)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_confirmatory_recipe_carries_every_run_setting_of_its_sweep():
+    """Every run setting is either shared with the sweep verbatim or written by preregister itself (the sweep's
+    policy and critic by path, the confirmatory's own seeds and evaluation size); one added to the study and
+    forgotten here would silently fall back to its default in the confirmatory study."""
+    from lenvm_rl.scripts.preregister import _SHARED
+
+    written = {"policy", "critic", "eval_prompts", "eval_samples"}
+    # the sweep's own warm-up and critic training: the confirmatory study reads their results by path
+    built_by_the_sweep = {name for name in study_job._RUN_FIELDS
+                          if name.startswith(("warmup_", "critic_", "task_critic_"))}
+    missing = set(study_job._RUN_FIELDS) - set(_SHARED) - written - built_by_the_sweep
+    assert not missing, missing
