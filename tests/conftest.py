@@ -106,3 +106,21 @@ def _run_in_an_empty_directory(tmp_path_factory, monkeypatch):
     """Every test starts in an empty directory of its own: no test may depend on (or write into) the checkout's
     working directory, e.g. a `runs/` left by the README's quick start."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+def ppo_batch_by_hand(trainer, critic, output, reward):
+    """What a critic-PPO batch's advantages are made from, recomputed outside the trainer from its output: the
+    completion mask, which rows terminated, the task critic's values (head logits), the frozen LenVM critic's values
+    (the shaping potential) and the reward on each terminated row's last token (a cut row is paid nothing)."""
+    ids, mask = output["completion_ids"], output["completion_mask"]
+    terminated = ((ids == trainer.processing_class.eos_token_id) & mask.bool()).any(dim=1)
+    with torch.no_grad():
+        task_values = trainer.task_critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids,
+                                                                 mask, read="logits")
+        potential = critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids, mask)
+    texts = trainer.processing_class.batch_decode([i[m.bool()] for i, m in zip(ids, mask, strict=True)],
+                                                  skip_special_tokens=True)
+    lengths = mask.sum(dim=1)
+    rewards = torch.zeros(mask.shape)
+    rewards[torch.arange(len(ids)), lengths - 1] = torch.tensor(reward(texts))
+    return mask, terminated, task_values, potential, rewards * terminated[:, None]

@@ -110,6 +110,7 @@ def test_ppo_budget_shaping_adds_the_overshoot_credit_before_the_task_gae(tiny_m
     task rewards plus β · c_t (budget_overshoot_credits of the frozen LenVM critic), checked by hand through the
     real trainer; and the shaped rewards of a terminated completion sum to the reward minus β·(realized − predicted
     overshoot)/N."""
+    from conftest import ppo_batch_by_hand
     from datasets import Dataset
 
     from lenvm_rl import LengthValueModel, LenVMPPOConfig, LenVMPPOTrainer, task_gae
@@ -130,18 +131,7 @@ def test_ppo_budget_shaping_adds_the_overshoot_credit_before_the_task_gae(tiny_m
                               critic_processing_class=build_tiny_tokenizer())
     trainer.model.eval()  # no task-critic update: the values below are the ones the GAE used
     output = trainer._generate_and_score_completions(rows)
-    ids, mask = output["completion_ids"], output["completion_mask"]
-    terminated = ((ids == trainer.processing_class.eos_token_id) & mask.bool()).any(dim=1)
-    with torch.no_grad():
-        task_values = trainer.task_critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids,
-                                                                 mask, read="logits")
-        potential = critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids, mask)
-    texts = trainer.processing_class.batch_decode([i[m.bool()] for i, m in zip(ids, mask, strict=True)],
-                                                  skip_special_tokens=True)
-    lengths = mask.sum(dim=1)
-    rewards = torch.zeros(mask.shape)
-    rewards[torch.arange(8), lengths - 1] = torch.tensor(reward(texts))
-    rewards *= terminated[:, None]
+    mask, terminated, task_values, potential, rewards = ppo_batch_by_hand(trainer, critic, output, reward)
     budgets = torch.tensor([3.0] * 4 + [6.0] * 4)
     credits = budget_overshoot_credits(potential, mask, budgets, 0.9, terminated)
     assert credits.abs().max() > 1e-3  # budgets of 3 and 6 tokens are overshot by this policy
@@ -150,7 +140,7 @@ def test_ppo_budget_shaping_adds_the_overshoot_credit_before_the_task_gae(tiny_m
     done = terminated.nonzero().flatten()
     assert len(done) > 0
     predicted = (value_to_length(potential[:, 0], 0.9) - budgets).clamp(min=0)
-    realized = (lengths.float() - budgets).clamp(min=0)
+    realized = (mask.sum(dim=1).float() - budgets).clamp(min=0)
     torch.testing.assert_close(credits[done].sum(dim=1), ((predicted - realized) / budgets)[done], atol=1e-4,
                                rtol=1e-4)
     with pytest.raises(ValueError, match="budget shaping .* needs gamma_task=1"):

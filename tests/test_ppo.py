@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import ppo_batch_by_hand
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
@@ -133,18 +134,8 @@ def test_shaping_enters_the_rewards_before_the_task_gae_and_telescopes(tiny_mode
     rows = [{"prompt": prompts[i]["prompt"]} for i in range(2) for _ in range(4)]
     trainer.model.eval()  # no critic update: the values below are the ones the GAE used
     output = trainer._generate_and_score_completions(rows)
-    ids, mask = output["completion_ids"], output["completion_mask"]
-    terminated = ((ids == trainer.processing_class.eos_token_id) & mask.bool()).any(dim=1)
-    with torch.no_grad():
-        task_values = trainer.task_critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids,
-                                                                 mask, read="logits")
-        potential = critic.values_for_completions(output["prompt_ids"], output["prompt_mask"], ids, mask)
-    texts = trainer.processing_class.batch_decode([i[m.bool()] for i, m in zip(ids, mask, strict=True)],
-                                                  skip_special_tokens=True)
-    lengths = mask.sum(dim=1)
-    rewards = torch.zeros(mask.shape)
-    rewards[torch.arange(8), lengths - 1] = torch.tensor(digit_fraction_reward(texts))
-    rewards *= terminated[:, None]
+    mask, terminated, task_values, potential, rewards = ppo_batch_by_hand(trainer, critic, output,
+                                                                          digit_fraction_reward)
     shaping = potential_shaping(potential, mask, 1.0, terminated)
     expected, _ = task_gae(task_values, rewards + 0.5 * shaping, mask, 1.0, 0.9, terminated)
     torch.testing.assert_close(output["advantages"], expected, atol=1e-5, rtol=1e-5)

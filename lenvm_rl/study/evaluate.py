@@ -105,10 +105,17 @@ def evaluate_policy(
         passed = [score is not None and score >= threshold for score in scores]
         if budget_column is not None:
             budgets = [int(row[budget_column]) for row in chunk for _ in range(num_samples)]
-            cut = [full[:budget] for full, budget in zip(fulls, budgets, strict=True)]
-            cut_scores = correctness(prompts=repeated_prompts, completions=[tokenizer.decode(ids,
-                                     skip_special_tokens=True) for ids in cut], completion_ids=cut, **columns)
-            cut_passed = [score is not None and score >= threshold for score in cut_scores]
+            # only the completions past their budget change when cut: score just those again
+            over = [i for i, (full, budget) in enumerate(zip(fulls, budgets, strict=True)) if len(full) > budget]
+            cut_passed = list(passed)
+            if over:
+                cut = [fulls[i][:budgets[i]] for i in over]
+                cut_scores = correctness(prompts=[repeated_prompts[i] for i in over],
+                                         completions=[tokenizer.decode(ids, skip_special_tokens=True) for ids in cut],
+                                         completion_ids=cut, **{key: [values[i] for i in over]
+                                                                for key, values in columns.items()})
+                for i, score in zip(over, cut_scores, strict=True):
+                    cut_passed[i] = score is not None and score >= threshold
         for index in range(len(chunk)):
             span = slice(index * num_samples, (index + 1) * num_samples)
             correct.append(float(np.mean(passed[span])))

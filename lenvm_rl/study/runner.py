@@ -492,7 +492,7 @@ def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[s
     structure = task.structure if task is not None and task.segments else None
     common = {"max_new_tokens": config.max_completion_length, "prompt_column": config.prompt_column,
               "threshold": config.success_threshold, "structure": structure,
-              "budget_column": _budget_column(config)}
+              "budget_column": None if task is None else task.budget_column}
     sampled = evaluate_policy(model, tokenizer, rows, correctness, num_samples=config.eval_samples,
                               temperature=config.eval_temperature, seed=seed, top_p=config.top_p, **common)
     result = {key: value.tolist() for key, value in sampled.items()}
@@ -548,8 +548,9 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     options = dict(variant.get("options") or {})
     if reads_pretrained_task_critic(variant):
         options["task_critic_model_name_or_path"] = str(out / "task-critic")
+    budget_column = _budget_column(config)
     plan = plan_run(method, coef, task_rewards, config.max_completion_length, critic, options,
-                    success_threshold=config.success_threshold, budget_column=_budget_column(config))
+                    success_threshold=config.success_threshold, budget_column=budget_column)
     run_dir = _run_dir(out, label, coef, seed)
     args = plan.config_class(
         output_dir=str(run_dir / "trainer"), max_steps=config.rl_steps,
@@ -574,7 +575,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
         [s for s in config.eval_at_steps or [] if 0 < s < config.rl_steps], eval_rows, task_rewards[0],
         num_samples=config.eval_samples, temperature=config.eval_temperature, seed=seed,
         max_new_tokens=config.max_completion_length, prompt_column=config.prompt_column,
-        threshold=config.success_threshold, budget_column=_budget_column(config), top_p=config.top_p)
+        threshold=config.success_threshold, budget_column=budget_column, top_p=config.top_p)
     trainer.add_callback(curve)
     trainer.train()
     train_seconds = time.time() - started - curve.seconds

@@ -56,12 +56,19 @@ def _row_without_budget(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "prompt": without_budget(row["prompt"])}
 
 
+def _budget_blind(reward: Callable[..., Any]) -> Callable[..., Any]:
+    """``reward`` called on the prompts without their budget lines (the budget does not change what is correct)."""
+    def blind(*args: Any, prompts: list[Any] | None = None, **kwargs: Any) -> Any:
+        stripped = None if prompts is None else [without_budget(prompt) for prompt in prompts]
+        return reward(*args, prompts=stripped, **kwargs)
+    return blind
+
+
 def multi_parity_budget_correctness(completions: list[Any], answer: list[Any], prompts: list[Any] | None = None,
                                     **kwargs: Any) -> list[float]:
     """:func:`~lenvm_rl.study.tasks.multi_parity.multi_parity_correctness` on prompts with a budget line (the budget
     does not change what is correct; the budget rewards and terms read the ``budget`` column)."""
-    stripped = None if prompts is None else [without_budget(prompt) for prompt in prompts]
-    return multi_parity_correctness(completions, answer, prompts=stripped, **kwargs)
+    return _budget_blind(multi_parity_correctness)(completions, answer, prompts=prompts, **kwargs)
 
 
 class BudgetedTask(StudyTask):
@@ -105,11 +112,7 @@ class BudgetedTask(StudyTask):
 
     def forced_decisions(self, evaluate: DecisionEvaluator, rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         def on_base_rows(prefix: Callable[[dict[str, Any]], str], correctness: Callable[..., Any]) -> dict[str, Any]:
-            def blind(prompts: list[Any] | None = None, **kwargs: Any) -> Any:
-                stripped = None if prompts is None else [without_budget(p) for p in prompts]
-                return correctness(prompts=stripped, **kwargs)
-
-            return evaluate(lambda row: prefix(_row_without_budget(row)), blind)
+            return evaluate(lambda row: prefix(_row_without_budget(row)), _budget_blind(correctness))
 
         return self._base.forced_decisions(on_base_rows, [_row_without_budget(row) for row in rows])
 
