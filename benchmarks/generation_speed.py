@@ -1,55 +1,125 @@
-"""Generation speed of SmolLM2-135M on this machine: tokens per second of ``generate`` (sampling, KV cache) at
-several batch sizes, the number the SmolLM2 recipes are sized from.
+"""Generation speed of SmolLM2-135M on this machine against its FLOPs bound, and what transformers offers for it.
 
-With ``--model DIR`` it times that model (e.g. ``runs/smollm2-135m-instruct`` after ``lenvm-rl import-gguf``);
-without, a random-init model of SmolLM2-135M's shape built in code (same cost per token). Every row generates exactly
-``--new-tokens`` tokens (EOS suppressed), so the timing does not depend on when a completion would stop. Last line:
-``ratio: <tokens/s at the fastest batch size ÷ tokens/s at batch size 1>``.
+Every row samples exactly ``--new-tokens`` tokens per sequence (EOS suppressed, KV cache), so timings do not depend on
+when a completion would stop. The FLOPs bound is measured in the same run: a large fp32 matmul gives the machine's
+sustained FLOP/s at this thread count, and ``forward_flops_per_token`` (``_shapes.py``) the model's FLOPs per
+generated token at the mean context, so ``bound = FLOP/s ÷ FLOPs per token`` tokens/s at any batch size.
 
-    OMP_NUM_THREADS=1 python benchmarks/generation_speed.py [--model runs/smollm2-135m-instruct] [--threads 1]
+Configurations (each at every ``--batch-sizes``):
+
+- ``default``: what ``generate`` does out of the box (dynamic cache, the model's attention, SDPA);
+- ``eager``: the same with ``attn_implementation="eager"``;
+- ``static``: ``cache_implementation="static"`` (a preallocated cache; no reallocation as the cache grows);
+- ``static+compile``: the static cache with the forward compiled by ``torch.compile`` (transformers compiles it
+  itself on accelerators; on CPU it needs ``CompileConfig(_compile_all_devices=True)``). The first call compiles
+  (timed separately as ``compile``).
+
+With ``--model DIR`` it times that model (e.g. ``runs/smollm2-135m-instruct`` after ``lenvm-rl import-gguf``); without,
+a random-init model of SmolLM2-135M's shape built in code (same cost per token). Last line:
+``ratio: <tokens/s of the fastest configuration ÷ tokens/s of default, at --ratio-batch>``.
+
+    python benchmarks/generation_speed.py [--model runs/smollm2-135m-instruct] [--threads 2]
 """
 
 import argparse
 import time
 
 import torch
-from _shapes import smollm2_135m_config
+from _shapes import SHAPES, forward_flops_per_token, smollm2_135m_config
 from transformers import AutoModelForCausalLM
+
+CONFIGURATIONS = ("default", "eager", "static", "static+compile")
+
+
+def sustained_flops(threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a ``size``³ fp32 matmul at ``threads`` threads, the best of ``repeats``."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def load(model_dir: str | None, attention: str) -> torch.nn.Module:
+    if model_dir:
+        return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention).eval()
+    return AutoModelForCausalLM.from_config(smollm2_135m_config(), attn_implementation=attention).eval()
+
+
+def generate_kwargs(configuration: str) -> dict:
+    if configuration.startswith("static"):
+        kwargs = {"cache_implementation": "static"}
+        if configuration == "static+compile":
+            from transformers import CompileConfig
+
+            config = CompileConfig(mode="default")  # "reduce-overhead" means CUDA graphs
+            config._compile_all_devices = True  # a class attribute, not an __init__ field
+            kwargs["compile_config"] = config
+        else:
+            kwargs["disable_compile"] = True
+        return kwargs
+    return {}
+
+
+def time_generate(model: torch.nn.Module, batch: int, prompt_len: int, new_tokens: int, configuration: str
+                  ) -> tuple[float, float]:
+    """(tokens/s, seconds of the first call) sampling ``new_tokens`` per row from random prompts."""
+    ids = torch.randint(10, model.config.vocab_size, (batch, prompt_len))
+    eos = model.config.eos_token_id
+    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "max_new_tokens": new_tokens,
+              "min_new_tokens": new_tokens, "do_sample": True, "pad_token_id": 0,
+              "suppress_tokens": [eos] if eos is not None else None, **generate_kwargs(configuration)}
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model.generate(**kwargs)  # warm-up (and, for static+compile, the compilation) at the timed shapes
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        model.generate(**kwargs)
+        seconds = time.perf_counter() - start
+    return batch * new_tokens / seconds, first
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model directory (default: random init, SmolLM2-135M shape)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS), choices=CONFIGURATIONS)
     parser.add_argument("--prompt-len", type=int, default=48)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: do not oversubscribe shared cores)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine's cores when it is idle)")
+    parser.add_argument("--ratio-batch", type=int, default=32, help="batch size of the last line's ratio")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.ratio_batch not in args.batch_sizes or "default" not in args.configurations:
+        parser.error("the ratio needs --ratio-batch in --batch-sizes and the default configuration")
     torch.manual_seed(0)
-    if args.model:
-        model = AutoModelForCausalLM.from_pretrained(args.model).eval()
-    else:
-        model = AutoModelForCausalLM.from_config(smollm2_135m_config()).eval()
-    vocab = model.config.vocab_size
-    speeds = {}
+    flops = sustained_flops(args.threads)
+    context = args.prompt_len + args.new_tokens / 2
+    per_token = sum(forward_flops_per_token(SHAPES["smollm2-135m"], int(context)).values())
+    bound = flops / per_token
     print(f"model: {args.model or 'SmolLM2-135M shape, random init'}; {args.threads} thread(s); prompt "
-          f"{args.prompt_len} tokens, {args.new_tokens} new tokens per row, sampling with KV cache")
-    for batch in args.batch_sizes:
-        ids = torch.randint(10, vocab, (batch, args.prompt_len))
-        with torch.inference_mode():
-            model.generate(input_ids=ids[:, :8], attention_mask=torch.ones_like(ids[:, :8]), max_new_tokens=2,
-                           do_sample=True, pad_token_id=0)  # warm-up
-            start = time.perf_counter()
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
-                           min_new_tokens=args.new_tokens, do_sample=True, pad_token_id=0,
-                           suppress_tokens=[model.config.eos_token_id] if model.config.eos_token_id else None)
-            seconds = time.perf_counter() - start
-        speeds[batch] = batch * args.new_tokens / seconds
-        print(f"batch {batch:>3}: {speeds[batch]:7.1f} tokens/s  ({seconds / args.new_tokens * 1e3:6.1f} ms per step)")
-    best = max(speeds, key=speeds.get)
-    print(f"fastest: batch {best}, {speeds[best]:.1f} tokens/s")
-    print(f"ratio: {speeds[best] / speeds[min(speeds)]:.3f}")
+          f"{args.prompt_len} tokens, {args.new_tokens} new tokens per row, sampling")
+    print(f"sustained fp32 matmul: {flops / 1e9:.1f} GFLOP/s; {per_token / 1e6:.0f} MFLOPs per token at context "
+          f"{context:.0f}: FLOPs bound {bound:.0f} tokens/s")
+    speeds: dict[tuple[str, int], float] = {}
+    for configuration in args.configurations:
+        torch.set_num_threads(args.threads)
+        model = load(args.model, "eager" if configuration == "eager" else "sdpa")
+        for batch in args.batch_sizes:
+            speed, first = time_generate(model, batch, args.prompt_len, args.new_tokens, configuration)
+            speeds[configuration, batch] = speed
+            print(f"{configuration:>15} batch {batch:>3}: {speed:7.1f} tokens/s = {speed / bound:5.1%} of the bound "
+                  f"({args.new_tokens * batch / speed / args.new_tokens * 1e3:6.1f} ms per step; first call "
+                  f"{first:5.1f} s)")
+        del model
+    at = {configuration: speeds[configuration, args.ratio_batch] for configuration in args.configurations}
+    best = max(at, key=at.get)
+    print(f"fastest at batch {args.ratio_batch}: {best}, {at[best]:.1f} tokens/s ({at[best] / bound:.1%} of the "
+          f"bound) against default {at['default']:.1f}")
+    print(f"ratio: {at[best] / at['default']:.3f}")
 
 
 if __name__ == "__main__":

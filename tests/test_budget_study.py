@@ -14,6 +14,7 @@ from lenvm_rl.cli import main
 from lenvm_rl.rewards import BudgetLengthReward, TargetLengthReward
 from lenvm_rl.study.evaluate import evaluate_policy
 from lenvm_rl.study.methods import plan_run
+from lenvm_rl.study.preregister import choose_budget_coefficients
 from lenvm_rl.study.report import ADHERENCE_BAR, StudyTable, adherence_by_step, budget_table
 from lenvm_rl.study.tasks import get_task, task_names
 from lenvm_rl.study.tasks.budget import (
@@ -258,6 +259,76 @@ def test_adherence_by_step_counts_the_samples_until_the_best_sequence_level_adhe
     assert adherence_by_step([{**result("x", "lcpo_max", [1], [1]), "eval_at_steps": {}}], 50, 32) is None
 
 
+def _budget_sweep(rows):
+    """A StudyTable from ``(label, method, coef, correct, within)`` rows, one seed, prompts with budgets 4, 4, 8, 8."""
+    variants = {}
+    for label, method, coef, *_ in rows:
+        variants.setdefault(label, {"method": method, "grid": []})["grid"].append(coef)
+    results = [{"label": label, "coef": coef, "seed": 0, "seconds": 1.0,
+                "eval": {"correct": correct, "tokens": [5.0] * 4, "within_budget": within, "budget_error": [0.0] * 4}}
+               for label, _, coef, correct, within in rows]
+    return StudyTable(results, variants)
+
+
+def test_the_budget_rule_keeps_the_most_accurate_adherent_coefficient_else_the_most_adherent():
+    table = _budget_sweep([
+        ("none", "none", 0.0, [1, 1, 1, 1], [0, 0, 1, 1]),
+        # both adhere (4/4): the more accurate at N = 4 wins, though it is less accurate over all budgets
+        ("lcpo_max", "lcpo_max", 0.1, [1, 0, 1, 1], [1, 1, 1, 1]),
+        ("lcpo_max", "lcpo_max", 0.2, [1, 1, 0, 0], [1, 1, 1, 1]),
+        # neither adheres: the higher adherence wins, though it is the less accurate
+        ("lcpo_exact", "lcpo_exact", 0.1, [1, 1, 1, 1], [0, 1, 1, 1]),
+        ("lcpo_exact", "lcpo_exact", 0.2, [0, 0, 1, 1], [0, 1, 1, 1.0]),
+        ("lcpo_exact", "lcpo_exact", 0.4, [0, 0, 1, 1], [1, 0.5, 1, 1]),
+        ("lenvm_budget", "lenvm_budget", 8.0, [0, 1, 1, 1], [1, 1, 1, 1]),
+    ])
+    choice = choose_budget_coefficients(table, [4, 4, 8, 8])
+    assert choice.tightest == 4
+    assert choice.coefficients == {"lcpo_max": 0.2, "lcpo_exact": 0.4, "lenvm_budget": 8.0}
+    assert choice.adherence["lcpo_exact"] == pytest.approx(0.875)
+    assert choice.tightest_accuracy["lcpo_max"] == pytest.approx(1.0)
+    assert choice.comparator == "lcpo_max"  # adherent beats non-adherent
+    with pytest.raises(ValueError, match="one per evaluation prompt"):
+        choose_budget_coefficients(table, [4, 8])
+    with pytest.raises(ValueError, match="no finished LCPO variant"):
+        choose_budget_coefficients(_budget_sweep([("none", "none", 0.0, [1] * 4, [1] * 4),
+                                                  ("lenvm_budget", "lenvm_budget", 8.0, [1] * 4, [1] * 4)]),
+                                   [4, 4, 8, 8])
+
+
+def test_the_pair_comparison_is_the_paired_difference_with_an_interval():
+    table = _budget_sweep([("none", "none", 0.0, [1, 1, 1, 1], [0, 0, 1, 1]),
+                           ("lcpo_max", "lcpo_max", 0.2, [1, 0, 1, 0], [1, 0, 1, 1]),
+                           ("lenvm_budget", "lenvm_budget", 8.0, [1, 1, 1, 0], [1, 1, 1, 1])])
+    comparison = budget_table(table, None, [4, 4, 8, 8], samples=200,
+                              pair=("lenvm_budget", "lcpo_max"))["comparison"]
+    assert comparison["pair"] == ["lenvm_budget", "lcpo_max"]
+    assert comparison["correct@4"][0] == pytest.approx(0.5) and comparison["within_budget@4"][0] == pytest.approx(0.5)
+    assert comparison["correct@all"][0] == pytest.approx(0.25)
+    low, high = comparison["within_budget@all"][1:]
+    assert low <= 0.25 <= high and low >= 0.0  # lenvm_budget never adheres less, prompt by prompt
+    assert budget_table(table, None, [4, 4, 8, 8], samples=20)["comparison"] is None
+
+
+def test_adherence_by_step_reads_the_preregistered_comparator_per_seed():
+    def result(label, method, seed, at_step, final):
+        return {"label": label, "method": method, "coef": 1.0, "seed": seed, "eval": {"within_budget": final},
+                "eval_at_steps": {"10": {"within_budget": at_step}}}
+
+    results = [result("lcpo_max", "lcpo_max", 0, [0.5], [0.5]), result("lcpo_max", "lcpo_max", 1, [0.0], [1.0]),
+               # budget_gated ends higher, but the comparator is lcpo_max
+               result("budget_gated", "budget_gated", 0, [0.0], [1.0]),
+               result("lenvm_budget", "lenvm_budget", 0, [0.5], [1.0]),
+               result("lenvm_budget", "lenvm_budget", 1, [0.5], [1.0])]
+    curve = adherence_by_step(results, rl_steps=50, samples_per_step=32, comparator="lcpo_max")
+    assert curve["reference"] == pytest.approx(0.75) and curve["reference_system"] == "lcpo_max 1"
+    assert curve["samples_to_reference"]["budget_gated 1"] == 50 * 32
+    # seed 0: lcpo_max's own 0.5 is reached at step 10; seed 1: its 1.0 only at step 50 by both
+    assert curve["samples_to_reference_by_seed"]["lenvm_budget 1"] == {"0": 320.0, "1": 1600.0}
+    assert curve["samples_to_reference_by_seed"]["lcpo_max 1"] == {"0": 320.0, "1": 1600.0}
+    assert adherence_by_step(results, 50, 32)["reference"] == pytest.approx(1.0)  # the best sequence-level
+
+
 def test_a_budget_study_runs_end_to_end_and_reports_per_budget(tmp_path):
     """task: checked_parity_budget through every stage: warm-up on budget prompts, critic, the sequence-level budget
     rewards and the token-level budget term in GRPO, the starting policy's hard truncation, and the Budgets
@@ -293,3 +364,18 @@ def test_a_budget_study_runs_end_to_end_and_reports_per_budget(tmp_path):
                                       json.loads((out / "eval_prompts.json").read_text())["budget"], strict=True))
     assert (out / "budgets.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "report.json").read_text())["budgets"]["budgets"] == [8, 12, 16, 24, 32]
+
+    # the budget rule writes the confirmatory recipe: one coefficient per budget variant, the sweep's headline
+    from trl import TrlParser
+
+    from lenvm_rl.study.runner import StudyConfig
+
+    confirmatory = tmp_path / "confirmatory.yaml"
+    assert main(["preregister", "--sweep", str(out), "--output", str(confirmatory), "--output_dir",
+                 str(tmp_path / "confirm"), "--seeds", "5", "6", "7", "8", "9"]) == 0
+    (config,) = TrlParser((StudyConfig,)).parse_args_and_config(["--config", str(confirmatory)])
+    assert (config.headline_method, config.comparator_method) == ("lenvm_budget/batch", "lcpo_max/batch")
+    assert config.methods["lcpo_max/batch"]["grid"] == [0.1] and config.methods["lenvm_budget/batch"]["grid"] == [1.0]
+    assert "grid" not in config.methods["budget_gated"] and config.eval_at_steps == [1] and config.eval_guided
+    assert set(config.preregistration["coefficients"]) == {"lcpo_max/batch", "budget_gated", "lenvm_budget/batch"}
+    assert "highest accuracy at the tightest budget (N = 8)" in config.preregistration["rule"]

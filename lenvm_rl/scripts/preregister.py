@@ -57,7 +57,6 @@ def preregister(args: PreregisterArguments) -> dict:
     """Write ``args.output`` and return the recipe it holds."""
     import yaml
 
-    from ..study.preregister import RULE, choose_pair, confirmatory_methods
     from ..study.report import collect
     from ..study.runner import CONFIG_FILE, load_results
 
@@ -76,26 +75,14 @@ def preregister(args: PreregisterArguments) -> dict:
         raise ValueError(f"{sweep} has no finished runs")
     drop = float(args.drop if args.drop is not None else config["accuracy_drops"][0])
     table = collect(results, config["methods"])
-    if args.token_level_methods:
-        from ..study.methods import TOKEN_LEVEL
-
-        unknown = sorted(set(args.token_level_methods) - set(TOKEN_LEVEL))
-        if unknown:
-            raise ValueError(f"token_level_methods: {unknown} are not token-level methods ({list(TOKEN_LEVEL)})")
-    choice = choose_pair(table, drop, args.token_level_methods, args.grid_points)
     policy = str(sweep / "policy") if config["policy"] == "builtin" else config["policy"]
     critic = str(sweep / "critic") if config["critic"] == "train" else config["critic"]
-    record = {"rule": RULE.format(drop=drop, points=args.grid_points), "sweep": str(sweep),
-              "sweep_seeds": config["seeds"],
-              "token_level": choice.token_level, "comparator": choice.comparator,
-              "token_level_grid": choice.token_level_grid, "comparator_grid": choice.comparator_grid,
-              "token_level_candidates": choice.token_level_candidates,
-              "comparator_candidates": choice.comparator_candidates,
-              **({"token_level_methods": list(args.token_level_methods)} if args.token_level_methods else {}),
-              "sweep_target_accuracy": round(choice.target_accuracy, 4),
-              "sweep_tokens_at_target": {k: (round(v, 2) if v != float("inf") else "unreached")
-                                         for k, v in choice.tokens.items()}}
-    methods = confirmatory_methods(table, choice, args.secondary or (), args.grid_points)
+    prompts = sweep / "eval_prompts.json"
+    budgets = json.loads(prompts.read_text()).get("budget") if prompts.exists() else None
+    if budgets:
+        methods, record = _budget_choice(table, config, budgets, sweep)
+    else:
+        methods, record = _pair_choice(table, args, drop, sweep, config)
     # the confirmatory runs read the sweep's task critic (they have no rollouts of their own to fit one on)
     from ..study.methods import reads_pretrained_task_critic
 
@@ -104,12 +91,13 @@ def preregister(args: PreregisterArguments) -> dict:
             variant["options"] = {**(variant.get("options") or {}),
                                   "task_critic_model_name_or_path": str(sweep / "task-critic")}
     ablation = next((label for label in methods if methods[label]["method"] == "lenvm_seq"), None)
+    eval_at_steps = args.eval_at_steps or (config.get("eval_at_steps") if budgets else None)
     recipe = {"output_dir": args.output_dir, "policy": policy, "critic": critic,
               **{key: config[key] for key in _SHARED if key in config},
               "seeds": list(args.seeds), "eval_prompts": args.eval_prompts, "eval_samples": args.eval_samples,
               "bootstrap_samples": args.bootstrap_samples, "normalizations": None,
-              **({"eval_at_steps": list(args.eval_at_steps)} if args.eval_at_steps else {}),
-              "headline_method": choice.token_level, "comparator_method": choice.comparator,
+              **({"eval_at_steps": list(eval_at_steps)} if eval_at_steps else {}),
+              "headline_method": record["token_level"], "comparator_method": record["comparator"],
               **({"ablation_method": ablation} if ablation else {}),
               "methods": methods, "preregistration": record}
     header = (f"# Confirmatory study, pre-registered from the sweep {sweep} (seeds {config['seeds']}) by "
@@ -124,11 +112,68 @@ def preregister(args: PreregisterArguments) -> dict:
     return recipe
 
 
+def _pair_choice(table, args: PreregisterArguments, drop: float, sweep: Path, config: dict
+                 ) -> tuple[dict, dict]:
+    """The frontier pair (:data:`~lenvm_rl.study.preregister.RULE`): its variants and its record."""
+    from ..study.preregister import RULE, choose_pair, confirmatory_methods
+
+    if args.token_level_methods:
+        from ..study.methods import TOKEN_LEVEL
+
+        unknown = sorted(set(args.token_level_methods) - set(TOKEN_LEVEL))
+        if unknown:
+            raise ValueError(f"token_level_methods: {unknown} are not token-level methods ({list(TOKEN_LEVEL)})")
+    choice = choose_pair(table, drop, args.token_level_methods, args.grid_points)
+    record = {"rule": RULE.format(drop=drop, points=args.grid_points), "sweep": str(sweep),
+              "sweep_seeds": config["seeds"],
+              "token_level": choice.token_level, "comparator": choice.comparator,
+              "token_level_grid": choice.token_level_grid, "comparator_grid": choice.comparator_grid,
+              "token_level_candidates": choice.token_level_candidates,
+              "comparator_candidates": choice.comparator_candidates,
+              **({"token_level_methods": list(args.token_level_methods)} if args.token_level_methods else {}),
+              "sweep_target_accuracy": round(choice.target_accuracy, 4),
+              "sweep_tokens_at_target": {k: (round(v, 2) if v != float("inf") else "unreached")
+                                         for k, v in choice.tokens.items()}}
+    return confirmatory_methods(table, choice, args.secondary or (), args.grid_points), record
+
+
+def _budget_choice(table, config: dict, budgets: list[int], sweep: Path) -> tuple[dict, dict]:
+    """A budget task's sweep (:data:`~lenvm_rl.study.preregister.BUDGET_RULE`): every budget variant at its chosen
+    coefficient, the anchors, and the record."""
+    from ..study.methods import METHODS, TOKEN_LEVEL
+    from ..study.preregister import BUDGET_RULE, choose_budget_coefficients
+    from ..study.report import ADHERENCE_BAR
+
+    choice = choose_budget_coefficients(table, budgets)
+    headline = config["headline_method"]
+    if headline not in choice.coefficients or table.method(headline) not in TOKEN_LEVEL:
+        raise ValueError(f"headline_method {headline!r} of the sweep is not a finished token-level budget variant "
+                         f"({sorted(label for label in choice.coefficients if table.method(label) in TOKEN_LEVEL)})")
+    methods: dict = {label: dict(variant) for label, variant in config["methods"].items()
+                     if variant["method"] in ("none", "ppo_none")}
+    for label, coef in choice.coefficients.items():
+        variant = {key: value for key, value in config["methods"][label].items() if key != "grid"}
+        if METHODS[variant["method"]].uses_coef:
+            variant["grid"] = [coef]
+        methods[label] = variant
+    record = {"rule": BUDGET_RULE.format(tightest=choice.tightest, bar=ADHERENCE_BAR, headline=headline),
+              "sweep": str(sweep), "sweep_seeds": config["seeds"], "token_level": headline,
+              "comparator": choice.comparator, "coefficients": choice.coefficients,
+              "sweep_adherence": {k: round(v, 4) for k, v in choice.adherence.items()},
+              f"sweep_accuracy_at_{choice.tightest}": {k: round(v, 4) for k, v in choice.tightest_accuracy.items()}}
+    return methods, record
+
+
 def main(args: PreregisterArguments) -> None:
     recipe = preregister(args)
     record = recipe["preregistration"]
-    print(f"token-level: {record['token_level']} grid {record['token_level_grid']} "
-          f"(of {record['token_level_candidates']} candidates)")
-    print(f"comparator:  {record['comparator']} grid {record['comparator_grid']} "
-          f"(of {record['comparator_candidates']} candidates)")
+    if "coefficients" in record:  # a budget sweep: one coefficient per budget variant
+        for label, coef in record["coefficients"].items():
+            print(f"{label}: coef {coef:g} (sweep adherence {record['sweep_adherence'][label]:.3f})")
+        print(f"token-level: {record['token_level']}; comparator: {record['comparator']}")
+    else:
+        print(f"token-level: {record['token_level']} grid {record['token_level_grid']} "
+              f"(of {record['token_level_candidates']} candidates)")
+        print(f"comparator:  {record['comparator']} grid {record['comparator_grid']} "
+              f"(of {record['comparator_candidates']} candidates)")
     print(f"wrote {args.output}")

@@ -16,11 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from .methods import METHODS, PRETRAINED, SEQUENCE_LEVEL, STRICTER_WHEN_SMALLER, TOKEN_COUNT_COEFS, TOKEN_LEVEL
-from .report import StudyTable, _frontier
+from .methods import (
+    BUDGET_METHODS,
+    METHODS,
+    PRETRAINED,
+    SEQUENCE_LEVEL,
+    STRICTER_WHEN_SMALLER,
+    TOKEN_COUNT_COEFS,
+    TOKEN_LEVEL,
+)
+from .report import ADHERENCE_BAR, StudyTable, _frontier
 from .stats import tokens_at_accuracy
 
-__all__ = ["RULE", "ABLATIONS", "GRID_RATIO", "BUDGET_RATIO", "PairChoice", "choose_pair", "confirmatory_grid"]
+__all__ = ["RULE", "BUDGET_RULE", "ABLATIONS", "GRID_RATIO", "BUDGET_RATIO", "PairChoice", "BudgetChoice",
+           "choose_pair", "choose_budget_coefficients", "confirmatory_grid"]
 
 # Variants that answer "does token placement matter", not "which method is best": never a headline candidate.
 ABLATIONS = ("lenvm_seq",)
@@ -140,3 +149,58 @@ def confirmatory_methods(table: StudyTable, choice: PairChoice, secondary: Seque
             variant["grid"] = confirmatory_grid(table, label, accuracy, tokens, choice.target_accuracy, grid_points)
         variants.setdefault(label, variant)
     return variants
+
+
+BUDGET_RULE = (
+    "On a budget task's sweep, for each budget method: the coefficient with the highest accuracy at the tightest "
+    "budget (N = {tightest}) among its coefficients whose adherence (L ≤ N) over all budgets is ≥ {bar:g}; its "
+    "highest-adherence coefficient when none is (ties by label order of the grid). The confirmatory study runs those "
+    "coefficients only, with the anchors. Token-level: the sweep's headline_method ({headline}). Comparator: the "
+    "LCPO variant (lcpo_max, lcpo_exact) whose chosen coefficient ranks first by (adherence ≥ {bar:g}, then accuracy "
+    "at N = {tightest} if so, else adherence). Targets: the issue's (the best system at N = {tightest} ≥ 5× the "
+    "truncated starting policy at ≥ {bar:.0%} adherence; the token-level credit reaching the comparator's final "
+    "adherence with ≤ 0.6× its RL samples, or beating its accuracy at equal adherence)."
+)
+LCPO = ("lcpo_max", "lcpo_exact")
+
+
+@dataclass
+class BudgetChoice:
+    """What :func:`choose_budget_coefficients` picked: one coefficient per budget variant, with its numbers."""
+
+    coefficients: dict[str, float]
+    adherence: dict[str, float]
+    tightest_accuracy: dict[str, float]
+    comparator: str
+    tightest: int
+
+
+def choose_budget_coefficients(table: StudyTable, budgets: Sequence[int]) -> BudgetChoice:
+    """Apply :data:`BUDGET_RULE` to a budget sweep. ``budgets[p]`` is evaluation prompt ``p``'s token budget; the
+    table's ``within_budget`` and ``correct`` metrics are ``(C, S, P)``, averaged here over seeds and prompts."""
+    budgets_array = np.asarray(budgets)
+    if budgets_array.shape != (table.prompts,):
+        raise ValueError(f"budgets: one per evaluation prompt ({table.prompts}), got {budgets_array.shape}")
+    if "within_budget" not in table.metrics:
+        raise ValueError("the sweep's runs have no within_budget metric: was it a budget task?")
+    tightest = int(budgets_array.min())
+    adherence = np.nanmean(table.metrics["within_budget"], axis=(1, 2))
+    tight_accuracy = np.nanmean(table.metrics["correct"][..., budgets_array == tightest], axis=(1, 2))
+
+    def rank(index: int) -> tuple[bool, float]:
+        meets = bool(adherence[index] >= ADHERENCE_BAR)
+        return meets, float(tight_accuracy[index] if meets else adherence[index])
+
+    chosen: dict[str, int] = {}
+    for label in table.labels():
+        if table.method(label) in BUDGET_METHODS:
+            indices = table.indices(label)
+            chosen[label] = max(indices, key=lambda i: (rank(i), -indices.index(i)))
+    lcpo = [label for label in chosen if table.method(label) in LCPO]
+    if not lcpo:
+        raise ValueError(f"the sweep has no finished LCPO variant ({', '.join(LCPO)}) to compare with")
+    comparator = max(lcpo, key=lambda label: (rank(chosen[label]), -lcpo.index(label)))
+    return BudgetChoice(coefficients={label: table.configs[i][1] for label, i in chosen.items()},
+                        adherence={label: float(adherence[i]) for label, i in chosen.items()},
+                        tightest_accuracy={label: float(tight_accuracy[i]) for label, i in chosen.items()},
+                        comparator=comparator, tightest=tightest)

@@ -271,9 +271,11 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
         lines += _forced_section(start, prompt_table.get("difficulty"))
     budgets = None
     if prompt_table.get("budget") and "within_budget" in table.metrics:
-        budgets = budget_table(table, start, prompt_table["budget"], samples=config.bootstrap_samples)
+        pair = (head, comparator) if head is not None and comparator is not None else None
+        budgets = budget_table(table, start, prompt_table["budget"], samples=config.bootstrap_samples, pair=pair)
         budgets["adherence_by_step"] = adherence_by_step(results, config.rl_steps,
-                                                         config.rl_prompts_per_step * config.rl_generations)
+                                                         config.rl_prompts_per_step * config.rl_generations,
+                                                         comparator)
         lines += _budget_section(budgets)
     if stage_seconds:
         lines += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
@@ -763,14 +765,18 @@ def _plot(out: Path, table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray
 ADHERENCE_BAR = 0.95
 
 
-def budget_table(table: StudyTable, start: dict[str, Any] | None, budgets: list[int], samples: int = 1000
-                 ) -> dict[str, Any]:
+def budget_table(table: StudyTable, start: dict[str, Any] | None, budgets: list[int], samples: int = 1000,
+                 pair: tuple[str, str] | None = None) -> dict[str, Any]:
     """Per budget ``N`` of a budget task: every system's accuracy, adherence (``L ≤ N``) and ``|L − N| / N`` on the
     prompts that ask for ``N``, with 95% paired-bootstrap intervals over prompts and seeds for the trained runs.
     Systems: each (variant, coefficient), plain and (with ``eval_guided``) decoded under value guidance toward
     ``N``, and the starting policy plain, guided, and under hard truncation at ``N`` (one
     evaluation: no seed interval, the bootstrap is over prompts). ``target`` holds the issue's test at the tightest
-    budget: the most accurate system at adherence ≥ :data:`ADHERENCE_BAR` ÷ the truncated starting policy."""
+    budget: the most accurate system at adherence ≥ :data:`ADHERENCE_BAR` ÷ the truncated starting policy.
+
+    ``pair = (token_level, comparator)``, variant labels of one coefficient each (a confirmatory study): ``comparison``
+    holds ``token_level − comparator`` of accuracy and adherence at the tightest budget and over all budgets, each a
+    point and the 95% interval of the same paired replicates (prompts and seeds drawn together)."""
     budgets_array = np.asarray(budgets)
     levels = sorted(set(budgets))
     keys = ("correct", "within_budget", "budget_error")
@@ -784,6 +790,8 @@ def budget_table(table: StudyTable, start: dict[str, Any] | None, budgets: list[
                 array = table.metrics[prefix + key].copy()
                 array[..., outside] = np.nan
                 metrics[f"{prefix}{key}@{level}"] = array
+    for key in ("correct", "within_budget"):
+        metrics[f"{key}@all"] = table.metrics[key]
 
     def statistic(means: dict[str, np.ndarray]) -> dict[str, float]:
         return {f"{key}/{index}": float(value[index]) for key, value in means.items()
@@ -833,36 +841,63 @@ def budget_table(table: StudyTable, start: dict[str, Any] | None, budgets: list[
         target = {"budget": levels[0], "system": best, "accuracy": eligible[best]["correct"][0],
                   "adherence": eligible[best]["within_budget"][0], "truncated_accuracy": base,
                   "ratio": eligible[best]["correct"][0] / base if base > 0 else math.inf}
-    return {"budgets": levels, "systems": systems, "target": target}
+    comparison = None
+    if pair is not None and all(label in table.labels() for label in pair):
+        head, other = (table.indices(label)[0] for label in pair)
+        comparison = {f"{key}@{level}": [point[f"{key}@{level}/{head}"] - point[f"{key}@{level}/{other}"],
+                                         *percentile_interval(boot[f"{key}@{level}/{head}"]
+                                                              - boot[f"{key}@{level}/{other}"])]
+                      for key in ("correct", "within_budget") for level in (levels[0], "all")}
+        comparison["pair"] = list(pair)
+    return {"budgets": levels, "systems": systems, "target": target, "comparison": comparison}
 
 
-def adherence_by_step(results: Sequence[dict[str, Any]], rl_steps: int, samples_per_step: int
-                      ) -> dict[str, Any] | None:
+def adherence_by_step(results: Sequence[dict[str, Any]], rl_steps: int, samples_per_step: int,
+                      comparator: str | None = None) -> dict[str, Any] | None:
     """Adherence (fraction of sampled completions within their prompt's budget, over every budget) of each
     (variant, coefficient) after each RL step it was evaluated at (``eval_at_steps`` and the final evaluation),
-    mean over seeds and prompts, and the RL samples until it first reached the highest final adherence of any
-    sequence-level budget method (``reference``). ``None`` without intermediate evaluations of adherence."""
+    mean over seeds and prompts, and the RL samples until it first reached ``reference``: the final adherence of
+    the ``comparator`` variant (a confirmatory study's pre-registered one), or else the highest final adherence of
+    any sequence-level budget method. With a ``comparator``, ``samples_to_reference_by_seed`` also holds, per seed,
+    the samples until each run reached the comparator's final adherence on that same seed (inf: never).
+    ``None`` without intermediate evaluations of adherence."""
     curves: dict[str, dict[int, list[float]]] = {}
+    by_seed: dict[str, dict[int, dict[int, float]]] = {}
     for result in results:
         evaluations = {int(step): evaluation for step, evaluation in (result.get("eval_at_steps") or {}).items()}
         evaluations[rl_steps] = result["eval"]
         name = f"{result['label']} {float(result['coef']):g}"
         for step, evaluation in evaluations.items():
             if "within_budget" in evaluation:
-                curves.setdefault(name, {}).setdefault(step, []).append(float(np.mean(evaluation["within_budget"])))
+                value = float(np.mean(evaluation["within_budget"]))
+                curves.setdefault(name, {}).setdefault(step, []).append(value)
+                by_seed.setdefault(name, {}).setdefault(int(result["seed"]), {})[step] = value
     if not any(len(curve) > 1 for curve in curves.values()):
         return None
     means = {name: {step: float(np.mean(values)) for step, values in sorted(curve.items())}
              for name, curve in curves.items()}
-    sequence = [name for name, result in ((f"{r['label']} {float(r['coef']):g}", r) for r in results)
-                if result["method"] in SEQUENCE_LEVEL and name in means]
-    reference = max((means[name][rl_steps] for name in sequence if rl_steps in means[name]), default=None)
-    reached = {}
-    for name, curve in means.items():
-        first = next((step for step, value in curve.items() if reference is not None and value >= reference), None)
-        reached[name] = float(first * samples_per_step) if first is not None else math.inf
-    return {"steps": sorted({step for curve in means.values() for step in curve}), "adherence": means,
-            "reference": reference, "samples_to_reference": reached, "samples_per_step": samples_per_step}
+    names = {f"{r['label']} {float(r['coef']):g}": r for r in results}
+    reference_name = next((name for name, r in names.items() if r["label"] == comparator and name in means), None)
+    if reference_name is not None:
+        reference = means[reference_name].get(rl_steps)
+    else:
+        sequence = [name for name, r in names.items() if r["method"] in SEQUENCE_LEVEL and name in means]
+        reference = max((means[name][rl_steps] for name in sequence if rl_steps in means[name]), default=None)
+
+    def first_reaching(curve: dict[int, float], level: float | None) -> float:
+        first = next((step for step, value in sorted(curve.items()) if level is not None and value >= level), None)
+        return float(first * samples_per_step) if first is not None else math.inf
+
+    reached = {name: first_reaching(curve, reference) for name, curve in means.items()}
+    curve = {"steps": sorted({step for curve in means.values() for step in curve}), "adherence": means,
+             "reference": reference, "reference_system": reference_name, "samples_to_reference": reached,
+             "samples_per_step": samples_per_step}
+    if reference_name is not None:
+        seeds = by_seed[reference_name]
+        curve["samples_to_reference_by_seed"] = {
+            name: {str(seed): first_reaching(runs[seed], seeds[seed].get(rl_steps)) for seed in sorted(runs)
+                   if seed in seeds} for name, runs in by_seed.items()}
+    return curve
 
 
 def _budget_section(budgets: dict[str, Any]) -> list[str]:
@@ -897,13 +932,34 @@ def _budget_section(budgets: dict[str, Any]) -> list[str]:
     if curve is not None:
         steps = curve["steps"]
         lines += ["", f"Adherence after each number of RL steps ({curve['samples_per_step']} completions per step), "
-                  "mean over seeds and prompts; the last column: RL samples until the run first reached the best "
-                  f"final adherence of a sequence-level budget method ({_fmt(curve['reference'])}).", "",
+                  "mean over seeds and prompts; the last column: RL samples until the run first reached "
+                  + (f"the pre-registered comparator's (`{curve['reference_system']}`) final adherence"
+                     if curve.get("reference_system") else "the best final adherence of a sequence-level budget "
+                     "method") + f" ({_fmt(curve['reference'])}).", "",
                   "| system | " + " | ".join(f"step {step}" for step in steps) + " | samples to reach |",
                   "|---|" + "---|" * (len(steps) + 1)]
         for name, values in curve["adherence"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(values.get(step, math.nan)) for step in steps)
                          + f" | {_fmt(curve['samples_to_reference'][name], 0)} |")
+        per_seed = curve.get("samples_to_reference_by_seed")
+        if per_seed:
+            reference = per_seed[curve["reference_system"]]
+            lines += ["", "Per seed, RL samples until each run reached the comparator's final adherence on the same "
+                      "seed (inf: never, within the run):", "",
+                      "| system | " + " | ".join(f"seed {seed}" for seed in reference) + " |",
+                      "|---|" + "---|" * len(reference)]
+            for name, seeds in per_seed.items():
+                lines.append(f"| {name} | " + " | ".join(_fmt(seeds.get(seed, math.nan), 0) for seed in reference)
+                             + " |")
+    comparison = budgets.get("comparison")
+    if comparison:
+        head, other = comparison["pair"]
+        lines += ["", f"Pre-registered pair: `{head}` − `{other}`, point and 95% paired-bootstrap interval over "
+                  "prompts and seeds:", "", "| difference | at N = " + f"{levels[0]} | all budgets |", "|---|---|---|"]
+        for key, name in (("correct", "accuracy"), ("within_budget", "adherence")):
+            lines.append(f"| {name} | " + " | ".join(
+                f"{comparison[f'{key}@{level}'][0]:+.3f} [{comparison[f'{key}@{level}'][1]:+.3f}, "
+                f"{comparison[f'{key}@{level}'][2]:+.3f}]" for level in (levels[0], "all")) + " |")
     return lines + ["", "Plot: `budgets.png` (accuracy and adherence against the budget).", ""]
 
 
