@@ -23,6 +23,7 @@ operations on one quantity), the real-model study's task where a short chain of 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -291,7 +292,13 @@ INSTRUCTION_FILES = {
     "reasoning_train.jsonl": "512 two- and three-step word problems for the real-model study (answer and steps "
                              "columns), as chat messages",
     "reasoning_eval.jsonl": "192 held-out two- and three-step word problems (in no file above)",
+    "arithmetic_budget_train.jsonl": "arithmetic_train.jsonl's problems, each asking for a token budget (a budget "
+                                     "column and a 'within N tokens' line), for the budget-following study",
+    "arithmetic_budget_eval.jsonl": "arithmetic_eval.jsonl's problems with budgets, held out",
 }
+# the budgets of the SmolLM2 budget files, cycling over the rows (tightest first; completion tokens, EOS counted):
+# the starting policy answers these problems in about 50 tokens, so the tight ones ask for a third of that
+SMOLLM2_BUDGETS = (16, 24, 32, 48, 64)
 
 
 def _user(text: str) -> list[dict[str, str]]:
@@ -323,6 +330,11 @@ def write_instruction_files(directory: str | os.PathLike, seed: int = 0) -> dict
     reasoning_eval = make_reasoning_problems(192, seed=seed + 4, exclude=used)
     contents["reasoning_train.jsonl"] = [{**row, "prompt": _user(row["prompt"])} for row in reasoning_train]
     contents["reasoning_eval.jsonl"] = [{**row, "prompt": _user(row["prompt"])} for row in reasoning_eval]
+    from .study.tasks.budget import render_budget
+
+    for name, rows in (("arithmetic_budget_train.jsonl", train), ("arithmetic_budget_eval.jsonl", held_out)):
+        contents[name] = [{"prompt": _user(render_budget(p, budget)), "answer": a, "budget": budget}
+                          for (p, a), budget in zip(rows, itertools.cycle(SMOLLM2_BUDGETS))]
     paths = {}
     for name, rows in contents.items():
         paths[name] = directory / name

@@ -379,3 +379,66 @@ def test_a_budget_study_runs_end_to_end_and_reports_per_budget(tmp_path):
     assert "grid" not in config.methods["budget_gated"] and config.eval_at_steps == [1] and config.eval_guided
     assert set(config.preregistration["coefficients"]) == {"lcpo_max/batch", "budget_gated", "lenvm_budget/batch"}
     assert "highest accuracy at the tightest budget (N = 8)" in config.preregistration["rule"]
+
+
+def _budget_chat_files(tmp_path):
+    from lenvm_rl.study.tasks.budget import render_budget
+
+    data, held_out = tmp_path / "prompts.jsonl", tmp_path / "held_out.jsonl"
+    for path, numbers in ((data, range(4, 24)), (held_out, range(4))):
+        path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": render_budget(f"add {i} {i}", n)}],
+                                            "answer": str(2 * i), "budget": n}) + "\n"
+                                for i, n in zip(numbers, [4, 8] * 20, strict=False)))
+    return data, held_out
+
+
+def test_a_dataset_recipe_with_a_budget_column_runs_the_budget_study(tmp_path, tiny_model_dir):
+    """The SmolLM2 budget recipe's path on a tiny model: chat prompts of a dataset file carrying a budget column,
+    the budget methods reading it, guided evaluation under it, and the Budgets section from it."""
+    from test_study import write_recipe
+
+    from lenvm_rl import LengthValueModel
+
+    data, held_out = _budget_chat_files(tmp_path)
+    critic = tmp_path / "critic"
+    LengthValueModel.from_backbone(tiny_model_dir, gamma=0.9).save_pretrained(critic)
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(out), dataset=str(data),
+                          eval_dataset=str(held_out), budget_column="budget", eval_guided=True,
+                          policy=str(tiny_model_dir), critic=str(critic), difficulty_column=None, eval_prompts=4,
+                          reward_funcs=["arithmetic_correctness"], max_completion_length=12, eval_greedy=False,
+                          normalizations=None, headline_method="lenvm_budget",
+                          methods={"none": {"method": "none"}, "lcpo_max": {"method": "lcpo_max", "grid": [0.2]},
+                                   "lenvm_budget": {"method": "lenvm_budget", "grid": [1.0]}})
+    assert main(["study", "--config", str(recipe)]) == 0
+    prompts = json.loads((out / "eval_prompts.json").read_text())
+    assert prompts["budget"] == [4, 8, 4, 8]
+    budgets = json.loads((out / "report.json").read_text())["budgets"]
+    assert budgets["budgets"] == [4, 8] and "lenvm_budget 1, guided" in budgets["systems"]
+    assert all(cell["within_budget"][0] == 1.0 for name, cells in budgets["systems"].items() if "guided" in name
+               for cell in cells.values())
+    assert "## Budgets" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"budget_column": "limit"}, "budget_column 'limit' not in the training rows"),
+    ({"budget_value": 0}, "budget_column 'budget' holds 0 in the training rows"),
+    ({"task": "checked_parity_budget", "dataset": "builtin", "eval_dataset": None},
+     "budget_column is for dataset recipes"),
+])
+def test_a_bad_budget_column_is_named_before_anything_runs(tmp_path, tiny_model_dir, capsys, change, message):
+    from test_study import write_recipe
+
+    data, held_out = _budget_chat_files(tmp_path)
+    if "budget_value" in change:
+        rows = [json.loads(line) for line in data.read_text().splitlines()]
+        rows[3]["budget"] = change.pop("budget_value")
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "recipe.yaml", **{
+        "output_dir": str(out), "dataset": str(data), "eval_dataset": str(held_out), "budget_column": "budget",
+        "policy": str(tiny_model_dir), "difficulty_column": None, "eval_prompts": 4,
+        "reward_funcs": ["arithmetic_correctness"], **change})
+    assert main(["study", "--config", str(recipe)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "runs").exists()

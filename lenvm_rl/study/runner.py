@@ -68,7 +68,8 @@ _RUN_FIELDS = ("task", "policy", "dataset", "eval_dataset", "train_split", "eval
                "task_critic_steps", "task_critic_learning_rate",
                "train_prompts", "rl_steps", "rl_prompts_per_step", "rl_generations", "rl_learning_rate",
                "rl_temperature", "rl_beta", "max_completion_length", "eval_prompts", "eval_samples",
-               "eval_temperature", "eval_greedy", "eval_guided", "data_seed", "tokenizer_name_or_path", "top_p",
+               "eval_temperature", "eval_greedy", "eval_guided", "budget_column", "data_seed",
+               "tokenizer_name_or_path", "top_p",
                "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bf16", "use_vllm")
 # the LoRA options a study ignores without use_peft
 _LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
@@ -175,6 +176,11 @@ class StudyConfig:
     eval_samples: int = field(default=4, metadata={"help": "Samples per evaluation prompt."})
     eval_temperature: float = field(default=1.0, metadata={"help": "Evaluation sampling temperature."})
     eval_greedy: bool = field(default=True, metadata={"help": "Also evaluate greedy decoding (an extra column)."})
+    budget_column: str | None = field(
+        default=None,
+        metadata={"help": "A dataset recipe's column holding each prompt's token budget N (the prompt renders it, "
+                          "e.g. 'Answer within N tokens.'): budget methods, budget metrics and eval_guided read it. "
+                          "Built-in budget tasks name their own; None: no budgets."})
     eval_guided: bool = field(
         default=False,
         metadata={"help": "On a budget task: also evaluate every policy, the starting one included, with value-guided "
@@ -299,9 +305,12 @@ class StudyConfig:
 
             check_local_path(self.tokenizer_name_or_path, "tokenizer_name_or_path", check_hub=False)
         task = self.builtin_task()
-        if self.eval_guided and (task is None or task.budget_column is None):
+        if task is not None and self.budget_column is not None:
+            raise ValueError(f"budget_column is for dataset recipes; the built-in task {self.task!r} names its own "
+                             f"({task.budget_column!r})")
+        if self.eval_guided and self.budget_column_name() is None:
             raise ValueError(f"eval_guided decodes under each prompt's token budget: use a budget task (e.g. task: "
-                             f"checked_parity_budget), not {self.task!r}")
+                             f"checked_parity_budget) or a dataset with a budget_column, not {self.task!r}")
 
     def _check_preregistration(self) -> None:
         record = self.preregistration or {}
@@ -336,6 +345,11 @@ class StudyConfig:
     def builtin_task(self) -> StudyTask | None:
         """The task whose prompts the study runs on (``dataset: builtin``), else ``None``."""
         return self.study_task() if self.dataset == BUILTIN else None
+
+    def budget_column_name(self) -> str | None:
+        """The column holding each prompt's token budget: the built-in task's, else ``budget_column``."""
+        task = self.builtin_task()
+        return self.budget_column if task is None else task.budget_column
 
     def fingerprint(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _RUN_FIELDS}
@@ -412,6 +426,17 @@ def _load_splits(config: StudyConfig) -> tuple[list[dict[str, Any]], list[dict[s
     if config.difficulty_column and config.difficulty_column not in held_out.column_names:
         raise ValueError(f"{config.dataset}: difficulty_column {config.difficulty_column!r} not found; columns: "
                          f"{held_out.column_names} (set difficulty_column: null for no breakdown)")
+    if config.budget_column is not None:
+        held_out_file = config.eval_dataset or config.dataset
+        for name, split, source in (("training", train, config.dataset), ("evaluation", held_out, held_out_file)):
+            if config.budget_column not in split.column_names:
+                raise ValueError(f"{source}: budget_column {config.budget_column!r} not in the {name} rows; columns: "
+                                 f"{split.column_names}")
+            bad = next((value for value in split[config.budget_column]
+                        if not isinstance(value, int) or isinstance(value, bool) or value < 1), None)
+            if bad is not None:
+                raise ValueError(f"{source}: budget_column {config.budget_column!r} holds {bad!r} in the {name} rows; "
+                                 "every budget must be a whole number of tokens ≥ 1")
     return train.to_list(), held_out.select(range(min(config.eval_prompts, len(held_out)))).to_list()
 
 
@@ -492,7 +517,7 @@ def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[s
     structure = task.structure if task is not None and task.segments else None
     common = {"max_new_tokens": config.max_completion_length, "prompt_column": config.prompt_column,
               "threshold": config.success_threshold, "structure": structure,
-              "budget_column": None if task is None else task.budget_column}
+              "budget_column": config.budget_column_name()}
     sampled = evaluate_policy(model, tokenizer, rows, correctness, num_samples=config.eval_samples,
                               temperature=config.eval_temperature, seed=seed, top_p=config.top_p, **common)
     result = {key: value.tolist() for key, value in sampled.items()}
@@ -509,11 +534,6 @@ def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[s
                                  **common)
         result.update({f"guided_{key}": value.tolist() for key, value in guided.items()})
     return result
-
-
-def _budget_column(config: StudyConfig) -> str | None:
-    task = config.builtin_task()
-    return None if task is None else task.budget_column
 
 
 def _tokenizer_path(config: StudyConfig, policy: Path) -> str:
@@ -548,7 +568,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     options = dict(variant.get("options") or {})
     if reads_pretrained_task_critic(variant):
         options["task_critic_model_name_or_path"] = str(out / "task-critic")
-    budget_column = _budget_column(config)
+    budget_column = config.budget_column_name()
     plan = plan_run(method, coef, task_rewards, config.max_completion_length, critic, options,
                     success_threshold=config.success_threshold, budget_column=budget_column)
     run_dir = _run_dir(out, label, coef, seed)
@@ -762,8 +782,8 @@ def _prompt_table(config: StudyConfig, rows: list[dict[str, Any]], tokenizer: An
     if config.difficulty_column:
         table["difficulty"] = [row[config.difficulty_column] for row in rows]
     task = config.builtin_task()
-    if task is not None and task.budget_column is not None:
-        table["budget"] = [row[task.budget_column] for row in rows]
+    if config.budget_column_name() is not None:
+        table["budget"] = [row[config.budget_column_name()] for row in rows]
     if task is not None:
         ideal = [task.ideal_completion(row) for row in rows]
         if all(text is not None for text in ideal):
