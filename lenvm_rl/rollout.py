@@ -146,7 +146,9 @@ def sample_completions(model: Any, tokenizer: Any, prompt_ids: list[list[int]], 
     Returns, prompt-major, the ``(completion_ids, terminated)`` of every sample: ids are cut after the first EOS
     (kept), ``terminated`` says whether one was produced. ``temperature=0`` is greedy.
     """
-    from transformers import GenerationConfig, set_seed
+    from transformers import GenerationConfig, LogitsProcessorList, set_seed
+
+    from .decoding.sampling import SamplingWarper
 
     eos_ids = eos_ids or _eos_ids(tokenizer, getattr(model, "generation_config", None))
     set_seed(seed)
@@ -154,12 +156,14 @@ def sample_completions(model: Any, tokenizer: Any, prompt_ids: list[list[int]], 
     batch = tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
     device = next(model.parameters()).device
     sample = temperature > 0
+    # a nucleus without sorting the vocabulary at every step (the same distribution: lenvm_rl.decoding.sampling)
+    warper = SamplingWarper(temperature, top_k, top_p) if sample and top_p < 1.0 else None
     generation_config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=sample,
-        temperature=temperature if sample else None,
-        top_p=top_p if sample else None,
-        top_k=top_k if sample else None,
+        temperature=(1.0 if warper else temperature) if sample else None,
+        top_p=(1.0 if warper else top_p) if sample else None,
+        top_k=(0 if warper else top_k) if sample else None,
         eos_token_id=sorted(eos_ids),
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -171,6 +175,7 @@ def sample_completions(model: Any, tokenizer: Any, prompt_ids: list[list[int]], 
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             generation_config=generation_config,
+            logits_processor=LogitsProcessorList([warper]) if warper else None,
         )
     generated = output[:, batch["input_ids"].shape[1]:].tolist()
     return [_split_completion(tokens, eos_ids) for tokens in generated]
