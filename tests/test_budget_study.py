@@ -259,14 +259,15 @@ def test_adherence_by_step_counts_the_samples_until_the_best_sequence_level_adhe
     assert adherence_by_step([{**result("x", "lcpo_max", [1], [1]), "eval_at_steps": {}}], 50, 32) is None
 
 
-def _budget_sweep(rows):
-    """A StudyTable from ``(label, method, coef, correct, within)`` rows, one seed, prompts with budgets 4, 4, 8, 8."""
+def _budget_sweep(rows, seeds=(0,)):
+    """A StudyTable from ``(label, method, coef, correct, within)`` rows (the same on every seed), prompts with
+    budgets 4, 4, 8, 8."""
     variants = {}
     for label, method, coef, *_ in rows:
         variants.setdefault(label, {"method": method, "grid": []})["grid"].append(coef)
-    results = [{"label": label, "coef": coef, "seed": 0, "seconds": 1.0,
+    results = [{"label": label, "coef": coef, "seed": seed, "seconds": 1.0,
                 "eval": {"correct": correct, "tokens": [5.0] * 4, "within_budget": within, "budget_error": [0.0] * 4}}
-               for label, _, coef, correct, within in rows]
+               for label, _, coef, correct, within in rows for seed in seeds]
     return StudyTable(results, variants)
 
 
@@ -306,8 +307,21 @@ def test_the_pair_comparison_is_the_paired_difference_with_an_interval():
     assert comparison["correct@4"][0] == pytest.approx(0.5) and comparison["within_budget@4"][0] == pytest.approx(0.5)
     assert comparison["correct@all"][0] == pytest.approx(0.25)
     low, high = comparison["within_budget@all"][1:]
-    assert low <= 0.25 <= high and low >= 0.0  # lenvm_budget never adheres less, prompt by prompt
+    assert low <= 0.25 <= high
     assert budget_table(table, None, [4, 4, 8, 8], samples=20)["comparison"] is None
+    # paired replicates: two systems that differ by the same amount on every prompt differ by exactly that in
+    # every replicate (unpaired draws would spread the interval), over two seeds
+    rows = [("none", "none", 0.0, [1, 1, 1, 1], [0, 0, 1, 1]),
+            ("lcpo_max", "lcpo_max", 0.2, [0.5, 0.25, 0.75, 0.5], [1, 0, 1, 1]),
+            ("lenvm_budget", "lenvm_budget", 8.0, [0.75, 0.5, 1.0, 0.75], [1, 0, 1, 1])]
+    paired = budget_table(_budget_sweep(rows, seeds=(0, 1)), None, [4, 4, 8, 8], samples=200,
+                          pair=("lenvm_budget", "lcpo_max"))["comparison"]
+    assert paired["correct@all"] == pytest.approx([0.25, 0.25, 0.25])
+    assert paired["within_budget@4"] == pytest.approx([0.0, 0.0, 0.0])
+    # a grid of several coefficients is no pair: no comparison
+    several = _budget_sweep(rows + [("lcpo_max", "lcpo_max", 0.4, [1, 1, 1, 1], [1, 1, 1, 1])])
+    assert budget_table(several, None, [4, 4, 8, 8], samples=20, pair=("lenvm_budget", "lcpo_max"))[
+        "comparison"] is None
 
 
 def test_adherence_by_step_reads_the_preregistered_comparator_per_seed():
@@ -327,6 +341,10 @@ def test_adherence_by_step_reads_the_preregistered_comparator_per_seed():
     assert curve["samples_to_reference_by_seed"]["lenvm_budget 1"] == {"0": 320.0, "1": 1600.0}
     assert curve["samples_to_reference_by_seed"]["lcpo_max 1"] == {"0": 320.0, "1": 1600.0}
     assert adherence_by_step(results, 50, 32)["reference"] == pytest.approx(1.0)  # the best sequence-level
+    # a comparator with two coefficients names no single system: back to the best sequence-level reference
+    two = results + [{**result("lcpo_max", "lcpo_max", 0, [1.0], [1.0]), "coef": 2.0}]
+    curve = adherence_by_step(two, 50, 32, comparator="lcpo_max")
+    assert curve["reference_system"] is None and "samples_to_reference_by_seed" not in curve
 
 
 def test_a_budget_study_runs_end_to_end_and_reports_per_budget(tmp_path):
@@ -425,6 +443,8 @@ def test_a_dataset_recipe_with_a_budget_column_runs_the_budget_study(tmp_path, t
     ({"budget_value": 0}, "budget_column 'budget' holds 0 in the training rows"),
     ({"task": "checked_parity_budget", "dataset": "builtin", "eval_dataset": None},
      "budget_column is for dataset recipes"),
+    ({"budget_column": None, "methods": {"none": {"method": "none"}, "lcpo_max": {"method": "lcpo_max", "grid": [1]}}},
+     "methods ['lcpo_max/batch'] read each prompt's token budget"),
 ])
 def test_a_bad_budget_column_is_named_before_anything_runs(tmp_path, tiny_model_dir, capsys, change, message):
     from test_study import write_recipe
@@ -441,4 +461,4 @@ def test_a_bad_budget_column_is_named_before_anything_runs(tmp_path, tiny_model_
         "reward_funcs": ["arithmetic_correctness"], **change})
     assert main(["study", "--config", str(recipe)]) == 2
     assert message in capsys.readouterr().err
-    assert not (out / "runs").exists()
+    assert not (out / "runs").exists() and not (out / "study_config.json").exists()

@@ -17,19 +17,20 @@ def _reference(scores, temperature, top_k, top_p):
 
 @pytest.mark.parametrize("temperature, top_k, top_p, candidates", [
     (1.0, 0, 0.9, 256), (0.7, 0, 0.9, 256), (0.7, 0, 0.95, 4), (1.3, 50, 0.8, 16), (1.0, 20, 1.0, 256),
-    (0.5, 0, 0.5, 1),
+    (0.5, 0, 0.5, 1), (0.9, 8, 0.9, 64),
 ])
 def test_the_warper_equals_transformers_chain(temperature, top_k, top_p, candidates):
     generator = torch.Generator().manual_seed(0)
     # peaked rows (the nucleus among a few tokens) and flat ones (past any small candidate set)
     scores = torch.cat([torch.randn(6, 500, generator=generator) * 4, torch.randn(6, 500, generator=generator) * 0.1])
+    scores[[0, 7], :300] = -float("inf")  # tokens an earlier processor removed (e.g. suppressed ones)
     ours = SamplingWarper(temperature, top_k, top_p, candidates=candidates)(None, scores)
     theirs = _reference(scores, temperature, top_k, top_p)
     assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
     assert torch.allclose(ours[torch.isfinite(ours)], theirs[torch.isfinite(theirs)])
     if top_p < 1.0:  # the nucleus really cuts, and the flat rows keep more than the candidates
         kept = torch.isfinite(ours).sum(dim=-1)
-        assert (kept[:6] < 500).all() and kept[6:].min() > min(candidates, 500) // 2
+        assert (kept[:6] < 500).all() and kept[6:].min() > min(candidates, top_k or 500, 200) // 2
 
 
 def test_sampled_completions_match_transformers_sampling_token_for_token(tiny_model_dir):

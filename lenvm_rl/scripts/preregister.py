@@ -74,16 +74,22 @@ def preregister(args: PreregisterArguments) -> dict:
     results = load_results(sweep)
     if not results:
         raise ValueError(f"{sweep} has no finished runs")
-    drop = float(args.drop if args.drop is not None else config["accuracy_drops"][0])
     table = collect(results, config["methods"])
     policy = str(sweep / "policy") if config["policy"] == "builtin" else config["policy"]
     critic = str(sweep / "critic") if config["critic"] == "train" else config["critic"]
     prompts = sweep / "eval_prompts.json"
     budgets = json.loads(prompts.read_text()).get("budget") if prompts.exists() else None
     if budgets:
+        given = [flag for flag, value in (("--drop", args.drop), ("--token_level_methods", args.token_level_methods),
+                                          ("--secondary", args.secondary),
+                                          ("--grid_points", None if args.grid_points == 4 else args.grid_points))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{sweep} is a budget sweep: its rule picks one coefficient per budget method, so "
+                             f"{', '.join(given)} (options of the frontier-pair rule) do not apply")
         methods, record = _budget_choice(table, config, budgets, sweep)
     else:
-        methods, record = _pair_choice(table, args, drop, sweep, config)
+        methods, record = _pair_choice(table, args, sweep, config)
     # the confirmatory runs read the sweep's task critic (they have no rollouts of their own to fit one on)
     from ..study.methods import reads_pretrained_task_critic
 
@@ -113,10 +119,13 @@ def preregister(args: PreregisterArguments) -> dict:
     return recipe
 
 
-def _pair_choice(table, args: PreregisterArguments, drop: float, sweep: Path, config: dict
-                 ) -> tuple[dict, dict]:
+def _pair_choice(table, args: PreregisterArguments, sweep: Path, config: dict) -> tuple[dict, dict]:
     """The frontier pair (:data:`~lenvm_rl.study.preregister.RULE`): its variants and its record."""
     from ..study.preregister import RULE, choose_pair, confirmatory_methods
+
+    if args.drop is None and not config["accuracy_drops"]:
+        raise ValueError(f"{sweep} has no accuracy_drops: give --drop")
+    drop = float(args.drop if args.drop is not None else config["accuracy_drops"][0])
 
     if args.token_level_methods:
         from ..study.methods import TOKEN_LEVEL

@@ -190,7 +190,7 @@ def plan_run(method: str, coef: float, task_rewards: Sequence[Callable[..., Any]
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     if method in BUDGET_METHODS and budget_column is None:
         raise ValueError(f"method {method!r} reads each prompt's token budget: use a budget task "
-                         "(e.g. task: checked_parity_budget)")
+                         "(e.g. task: checked_parity_budget) or name the dataset's budget column (budget_column)")
     if not task_rewards:
         raise ValueError("the study needs at least one task reward function (the first one defines correctness)")
     correctness, others = task_rewards[0], list(task_rewards[1:])

@@ -154,7 +154,7 @@ def confirmatory_methods(table: StudyTable, choice: PairChoice, secondary: Seque
 BUDGET_RULE = (
     "On a budget task's sweep, for each budget method: the coefficient with the highest accuracy at the tightest "
     "budget (N = {tightest}) among its coefficients whose adherence (L ≤ N) over all budgets is ≥ {bar:g}; its "
-    "highest-adherence coefficient when none is (ties by label order of the grid). The confirmatory study runs those "
+    "highest-adherence coefficient when none is (ties: the weakest coefficient). The confirmatory study runs those "
     "coefficients only, with the anchors. Token-level: the sweep's headline_method ({headline}). Comparator: the "
     "LCPO variant (lcpo_max, lcpo_exact) whose chosen coefficient ranks first by (adherence ≥ {bar:g}, then accuracy "
     "at N = {tightest} if so, else adherence). Targets: the issue's (the best system at N = {tightest} ≥ 5× the "

@@ -459,12 +459,18 @@ def _preregistration_section(config: Any, seeds: list[int], head: str | None, co
     lines += [f"The headline pair was chosen on the sweep `{record.get('sweep', '?')}` (seeds "
               f"{record['sweep_seeds']}), by a rule written down before this study ran, and is compared here on "
               f"seeds {seeds} that the sweep never used:", "",
-              f"- rule: {record['rule']}",
-              f"- token-level: `{record['token_level']}`, grid {record.get('token_level_grid')}",
-              f"- comparator: `{record['comparator']}`, grid {record.get('comparator_grid')}",
-              f"- picked from {record.get('token_level_candidates', '?')} token-level and "
-              f"{record.get('comparator_candidates', '?')} sequence-level variants of the sweep", "",
-              "Every other number below is secondary: a comparison with the best of several variants is a minimum "
+              f"- rule: {record['rule']}"]
+    if "coefficients" in record:  # the budget rule: one coefficient per budget method
+        lines += [f"- token-level: `{record['token_level']}`; comparator: `{record['comparator']}`",
+                  "- coefficients: " + ", ".join(f"`{label}` {coef:g} (sweep adherence "
+                                                 f"{record['sweep_adherence'][label]:.3f})"
+                                                 for label, coef in record["coefficients"].items()), ""]
+    else:
+        lines += [f"- token-level: `{record['token_level']}`, grid {record.get('token_level_grid')}",
+                  f"- comparator: `{record['comparator']}`, grid {record.get('comparator_grid')}",
+                  f"- picked from {record.get('token_level_candidates', '?')} token-level and "
+                  f"{record.get('comparator_candidates', '?')} sequence-level variants of the sweep", ""]
+    lines += ["Every other number below is secondary: a comparison with the best of several variants is a minimum "
               "over noisy estimates, and says so.", ""]
     return lines
 
@@ -842,7 +848,10 @@ def budget_table(table: StudyTable, start: dict[str, Any] | None, budgets: list[
                   "adherence": eligible[best]["within_budget"][0], "truncated_accuracy": base,
                   "ratio": eligible[best]["correct"][0] / base if base > 0 else math.inf}
     comparison = None
-    if pair is not None and all(label in table.labels() for label in pair):
+    # a pair of one coefficient each, finished on the same seeds (a partial report of a confirmatory study that
+    # runs as several processes would otherwise compare different seed sets)
+    if (pair is not None and all(len(table.indices(label)) == 1 for label in pair)
+            and len({table.count[table.configs[table.indices(label)[0]]] for label in pair}) == 1):
         head, other = (table.indices(label)[0] for label in pair)
         comparison = {f"{key}@{level}": [point[f"{key}@{level}/{head}"] - point[f"{key}@{level}/{other}"],
                                          *percentile_interval(boot[f"{key}@{level}/{head}"]
@@ -877,7 +886,9 @@ def adherence_by_step(results: Sequence[dict[str, Any]], rl_steps: int, samples_
     means = {name: {step: float(np.mean(values)) for step, values in sorted(curve.items())}
              for name, curve in curves.items()}
     names = {f"{r['label']} {float(r['coef']):g}": r for r in results}
-    reference_name = next((name for name, r in names.items() if r["label"] == comparator and name in means), None)
+    # the comparator's final adherence is the reference only when it names one system (one coefficient)
+    candidates = [name for name, r in names.items() if r["label"] == comparator and name in means]
+    reference_name = candidates[0] if len(candidates) == 1 else None
     if reference_name is not None:
         reference = means[reference_name].get(rl_steps)
     else:
@@ -898,6 +909,11 @@ def adherence_by_step(results: Sequence[dict[str, Any]], rl_steps: int, samples_
             name: {str(seed): first_reaching(runs[seed], seeds[seed].get(rl_steps)) for seed in sorted(runs)
                    if seed in seeds} for name, runs in by_seed.items()}
     return curve
+
+
+def _samples(value: float) -> str:
+    """RL samples to a reference: "never" when the run did not get there, "–" when there is no run."""
+    return "never" if value == math.inf else _fmt(value, 0)
 
 
 def _budget_section(budgets: dict[str, Any]) -> list[str]:
@@ -940,7 +956,7 @@ def _budget_section(budgets: dict[str, Any]) -> list[str]:
                   "|---|" + "---|" * (len(steps) + 1)]
         for name, values in curve["adherence"].items():
             lines.append(f"| {name} | " + " | ".join(_fmt(values.get(step, math.nan)) for step in steps)
-                         + f" | {_fmt(curve['samples_to_reference'][name], 0)} |")
+                         + f" | {_samples(curve['samples_to_reference'][name])} |")
         per_seed = curve.get("samples_to_reference_by_seed")
         if per_seed:
             reference = per_seed[curve["reference_system"]]
@@ -949,7 +965,7 @@ def _budget_section(budgets: dict[str, Any]) -> list[str]:
                       "| system | " + " | ".join(f"seed {seed}" for seed in reference) + " |",
                       "|---|" + "---|" * len(reference)]
             for name, seeds in per_seed.items():
-                lines.append(f"| {name} | " + " | ".join(_fmt(seeds.get(seed, math.nan), 0) for seed in reference)
+                lines.append(f"| {name} | " + " | ".join(_samples(seeds.get(seed, math.nan)) for seed in reference)
                              + " |")
     comparison = budgets.get("comparison")
     if comparison:
@@ -960,6 +976,20 @@ def _budget_section(budgets: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | " + " | ".join(
                 f"{comparison[f'{key}@{level}'][0]:+.3f} [{comparison[f'{key}@{level}'][1]:+.3f}, "
                 f"{comparison[f'{key}@{level}'][2]:+.3f}]" for level in (levels[0], "all")) + " |")
+        if curve is not None and curve.get("reference_system"):
+            names = {label: next((name for name in curve["adherence"] if name.startswith(f"{label} ")), None)
+                     for label in (head, other)}
+            if None not in names.values():
+                needed = [curve["samples_to_reference"][names[label]] for label in (head, other)]
+                seeds = curve.get("samples_to_reference_by_seed") or {}
+                per_seed = [seeds[names[head]][seed] / seeds[names[other]][seed]
+                            for seed in seeds.get(names[other], {}) if seed in seeds.get(names[head], {})
+                            and math.isfinite(seeds[names[other]][seed]) and seeds[names[other]][seed] > 0]
+                ratio = needed[0] / needed[1] if math.isfinite(needed[1]) and needed[1] > 0 else math.nan
+                lines += ["", f"RL samples to the comparator's final adherence, `{head}` ÷ `{other}`: "
+                          f"{_fmt(ratio, 2)} on the mean curves (target ≤ 0.6); per seed "
+                          + (", ".join("never" if value == math.inf else _fmt(value, 2) for value in per_seed)
+                             or "–") + "."]
     return lines + ["", "Plot: `budgets.png` (accuracy and adherence against the budget).", ""]
 
 

@@ -308,6 +308,13 @@ class StudyConfig:
         if task is not None and self.budget_column is not None:
             raise ValueError(f"budget_column is for dataset recipes; the built-in task {self.task!r} names its own "
                              f"({task.budget_column!r})")
+        if self.budget_column_name() is None:
+            from .methods import BUDGET_METHODS
+
+            needing = sorted(label for label, variant in self.methods.items() if variant["method"] in BUDGET_METHODS)
+            if needing:
+                raise ValueError(f"methods {needing} read each prompt's token budget: use a budget task (e.g. task: "
+                                 "checked_parity_budget) or name the dataset's budget column (budget_column)")
         if self.eval_guided and self.budget_column_name() is None:
             raise ValueError(f"eval_guided decodes under each prompt's token budget: use a budget task (e.g. task: "
                              f"checked_parity_budget) or a dataset with a budget_column, not {self.task!r}")
@@ -678,10 +685,12 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(config, out)
     task_rewards = resolve_reward_functions(config.reward_funcs)
-    _write_json(out / CONFIG_FILE, {"config": asdict(config), "fingerprint": config.fingerprint()})
     if config.report_only:
+        _write_json(out / CONFIG_FILE, {"config": asdict(config), "fingerprint": config.fingerprint()})
         return write_report(config, out, load_results(out), stage_seconds={})
+    # the data is checked before the settings are recorded: a rejected column must not pin a bad fingerprint
     train_rows, eval_rows = _load_splits(config)
+    _write_json(out / CONFIG_FILE, {"config": asdict(config), "fingerprint": config.fingerprint()})
     torch.set_num_threads(config.threads)
     for noisy in ("transformers", "trl", "datasets", "accelerate", "lenvm_rl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
