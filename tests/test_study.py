@@ -175,7 +175,8 @@ def test_a_ppo_variant_can_start_from_a_task_critic_pretrained_on_the_rollouts(t
                                     "recipes/budget/checked_parity_budget_sweep.yaml",
                                     "recipes/budget/checked_parity_budget_confirmatory.yaml",
                                     "recipes/budget/smollm2_budget_sweep.yaml",
-                                    "recipes/smollm2/study_sweep.yaml"])
+                                    "recipes/smollm2/study_sweep.yaml",
+                                    "recipes/budget/multi_parity_budget_sweep.yaml"])
 def test_shipped_study_recipes_are_valid(recipe):
     from pathlib import Path
 
