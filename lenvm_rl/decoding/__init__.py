@@ -11,6 +11,7 @@ from .length_score import (
     summarize_length_control,
 )
 from .prediction import predict_length, tokenize_prompts
+from .sampling import SamplingWarper
 from .scoring import CachedCandidateScorer, UncachedCandidateScorer, check_vocabulary, score_candidates_uncached
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "CachedCandidateScorer",
     "LengthGuidedLogitsProcessor",
     "LengthTarget",
+    "SamplingWarper",
     "UncachedCandidateScorer",
     "check_constraint",
     "check_vocabulary",
