@@ -13,7 +13,7 @@ Configurations (each at every ``--batch-sizes``):
 - ``static+compile``: the static cache with the forward compiled by ``torch.compile`` (transformers compiles it
   itself on accelerators; on CPU it needs ``CompileConfig(_compile_all_devices=True)``). The first call compiles
   (its time is the row's ``first call``);
-- ``nucleus``: the default with the sampling warpers replaced by ``lenvm_rl.decoding.sampling.SamplingWarper`` (the
+- ``nucleus``: the default with the sampling warpers replaced by ``lenvm_rl.sampling.SamplingWarper`` (the
   same distribution, no vocabulary sort per step), as ``lenvm_rl.rollout.sample_completions`` samples.
 
 Every configuration samples as the real-model study does: ``--temperature 0.7 --top-p 0.9``, no top-k.
@@ -58,7 +58,7 @@ def generate_kwargs(configuration: str, temperature: float, top_p: float) -> dic
     if configuration == "nucleus":
         from transformers import LogitsProcessorList
 
-        from lenvm_rl.decoding.sampling import SamplingWarper
+        from lenvm_rl.sampling import SamplingWarper
 
         return {"temperature": 1.0, "top_p": 1.0,
                 "logits_processor": LogitsProcessorList([SamplingWarper(temperature, 0, top_p)])}

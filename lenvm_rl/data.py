@@ -31,6 +31,9 @@ __all__ = [
     "evenly_spaced_indices",
     "pad_prompt_completion_batch",
     "resolve_device",
+    "render_budget",
+    "split_budget",
+    "without_budget",
 ]
 
 _FILE_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -149,6 +152,36 @@ def render_prompt(
     if system_prompt and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system_prompt}, *messages]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), True
+
+
+# a prompt's token budget, as the budget tasks and the SmolLM2 budget files write it on the last line
+BUDGET_LINE = "\nwithin {budget} tokens"
+
+
+def render_budget(content: str, budget: int) -> str:
+    """``content`` with the budget line appended: ``"parity 101\\nwithin 12 tokens"``."""
+    return content + BUDGET_LINE.format(budget=int(budget))
+
+
+def split_budget(content: str) -> tuple[str, int | None]:
+    """``(content without its budget line, N)``, or ``(content, None)`` when it has none."""
+    head, separator, tail = content.rpartition("\nwithin ")
+    words = tail.split()
+    if not separator or len(words) != 2 or words[1] != "tokens" or not words[0].isdigit():
+        return content, None
+    return head, int(words[0])
+
+
+def without_budget(prompt: Any) -> Any:
+    """A prompt (a string or chat messages) with the budget line removed from its last user message."""
+    if isinstance(prompt, str):
+        return split_budget(prompt)[0]
+    messages = [dict(message) for message in prompt]
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            message["content"] = split_budget(message["content"])[0]
+            break
+    return messages
 
 
 def resolve_device(name: str) -> torch.device:

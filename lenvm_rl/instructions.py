@@ -330,7 +330,7 @@ def write_instruction_files(directory: str | os.PathLike, seed: int = 0) -> dict
     reasoning_eval = make_reasoning_problems(192, seed=seed + 4, exclude=used)
     contents["reasoning_train.jsonl"] = [{**row, "prompt": _user(row["prompt"])} for row in reasoning_train]
     contents["reasoning_eval.jsonl"] = [{**row, "prompt": _user(row["prompt"])} for row in reasoning_eval]
-    from .study.tasks.budget import render_budget
+    from .data import render_budget
 
     for name, rows in (("arithmetic_budget_train.jsonl", train), ("arithmetic_budget_eval.jsonl", held_out)):
         contents[name] = [{"prompt": _user(render_budget(p, budget)), "answer": a, "budget": budget}

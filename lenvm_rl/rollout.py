@@ -148,7 +148,7 @@ def sample_completions(model: Any, tokenizer: Any, prompt_ids: list[list[int]], 
     """
     from transformers import GenerationConfig, LogitsProcessorList, set_seed
 
-    from .decoding.sampling import SamplingWarper
+    from .sampling import SamplingWarper
 
     eos_ids = eos_ids or _eos_ids(tokenizer, getattr(model, "generation_config", None))
     set_seed(seed)
@@ -156,7 +156,7 @@ def sample_completions(model: Any, tokenizer: Any, prompt_ids: list[list[int]], 
     batch = tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
     device = next(model.parameters()).device
     sample = temperature > 0
-    # a nucleus without sorting the vocabulary at every step (the same distribution: lenvm_rl.decoding.sampling)
+    # a nucleus without sorting the vocabulary at every step (the same distribution: lenvm_rl.sampling)
     warper = SamplingWarper(temperature, top_k, top_p) if sample and top_p < 1.0 else None
     generation_config = GenerationConfig(
         max_new_tokens=max_new_tokens,

@@ -1,11 +1,11 @@
-"""The one-processor sampling warper (lenvm_rl.decoding.sampling): the same scores as transformers' temperature →
+"""The one-processor sampling warper (lenvm_rl.sampling): the same scores as transformers' temperature →
 top-k → top-p chain, with the nucleus found among the top candidates or, past them, by a full sort."""
 
 import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from lenvm_rl.decoding.sampling import SamplingWarper
+from lenvm_rl.sampling import SamplingWarper
 
 
 def _reference(scores, temperature, top_k, top_p):

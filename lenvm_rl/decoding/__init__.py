@@ -1,6 +1,7 @@
 """Inference uses of a LenVM critic: value-guided decoding (tilting, hard length targets), candidate scoring,
 prompt-boundary length prediction and the LIFEBench length-instruction metrics."""
 
+from ..sampling import SamplingWarper
 from .guided import LengthGuidedLogitsProcessor, LengthTarget, generated_lengths, guided_generate
 from .length_score import (
     CONSTRAINT_TYPES,
@@ -11,7 +12,6 @@ from .length_score import (
     summarize_length_control,
 )
 from .prediction import predict_length, tokenize_prompts
-from .sampling import SamplingWarper
 from .scoring import CachedCandidateScorer, UncachedCandidateScorer, check_vocabulary, score_candidates_uncached
 
 __all__ = [

@@ -16,40 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from ...data import BUDGET_LINE, render_budget, split_budget, without_budget
 from . import DecisionEvaluator, StudyTask, register_task
 from .checked_parity import CheckedParity
 from .multi_parity import MultiParity, multi_parity_correctness
 
+# render_budget, split_budget and without_budget live in lenvm_rl.data (the SmolLM2 budget files write prompts too)
 __all__ = ["BudgetedTask", "render_budget", "split_budget", "without_budget", "multi_parity_budget_correctness"]
 
 BUDGET_COLUMN = "budget"
-_BUDGET_LINE = "\nwithin {budget} tokens"
-
-
-def render_budget(content: str, budget: int) -> str:
-    """``content`` with the budget line appended: ``"parity 101\\nwithin 12 tokens"``."""
-    return content + _BUDGET_LINE.format(budget=int(budget))
-
-
-def split_budget(content: str) -> tuple[str, int | None]:
-    """``(content without its budget line, N)``, or ``(content, None)`` when it has none."""
-    head, separator, tail = content.rpartition("\nwithin ")
-    words = tail.split()
-    if not separator or len(words) != 2 or words[1] != "tokens" or not words[0].isdigit():
-        return content, None
-    return head, int(words[0])
-
-
-def without_budget(prompt: Any) -> Any:
-    """A prompt (a string or chat messages) with the budget line removed from its last user message."""
-    if isinstance(prompt, str):
-        return split_budget(prompt)[0]
-    messages = [dict(message) for message in prompt]
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            message["content"] = split_budget(message["content"])[0]
-            break
-    return messages
 
 
 def _row_without_budget(row: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +58,7 @@ class BudgetedTask(StudyTask):
         self._base = self.base()
         self.segments = self._base.segments
         self.ideal_note = f"{self._base.ideal_note} (it ignores the budget)"
-        self.warmup_max_length = self._base.warmup_max_length + len(_BUDGET_LINE) + 4
+        self.warmup_max_length = self._base.warmup_max_length + len(BUDGET_LINE) + 4
 
     def _with_budgets(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         budgeted = []
