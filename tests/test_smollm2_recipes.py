@@ -20,7 +20,9 @@ IMPORTED_MODEL = "runs/smollm2-135m-instruct"   # written by `lenvm-rl import-gg
 
 # keys that name an input path, and keys that name an output directory
 INPUT_KEYS = ("policy", "model_name_or_path", "rollouts", "critic", "critic_model_name_or_path", "dataset",
-              "dataset_name", "prompts_file")
+              "dataset_name", "prompts_file", "eval_dataset")
+# values of those keys that a study recipe uses as words, not paths (critic: train, policy/dataset: builtin)
+KEYWORDS = ("train", "builtin")
 OUTPUT_KEYS = ("output_dir", "output_file")
 
 
@@ -70,7 +72,8 @@ def test_paths_chain_from_recipe_to_recipe():
         for key in OUTPUT_KEYS:
             if isinstance(recipe.get(key), str) and recipe[key].startswith("runs/"):
                 outputs.add(recipe[key].rstrip("/"))
-        inputs += [(path.name, key, recipe[key]) for key in INPUT_KEYS if isinstance(recipe.get(key), str)]
+        inputs += [(path.name, key, recipe[key]) for key in INPUT_KEYS
+                   if isinstance(recipe.get(key), str) and recipe[key] not in KEYWORDS]
     assert inputs
     for name, key, value in inputs:
         if value.startswith("runs/"):
