@@ -158,12 +158,16 @@ def sample_completions(model: Any, tokenizer: Any, prompt_ids: list[list[int]], 
     sample = temperature > 0
     # a nucleus without sorting the vocabulary at every step (the same distribution: lenvm_rl.sampling)
     warper = SamplingWarper(temperature, top_k, top_p) if sample and top_p < 1.0 else None
+    if warper is not None:  # the warpers are the processor's: generate's own are off
+        sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+    elif sample:
+        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+    else:
+        sampling = {"temperature": None, "top_p": None, "top_k": None}
     generation_config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=sample,
-        temperature=(1.0 if warper else temperature) if sample else None,
-        top_p=(1.0 if warper else top_p) if sample else None,
-        top_k=(0 if warper else top_k) if sample else None,
+        **sampling,
         eos_token_id=sorted(eos_ids),
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -175,7 +179,7 @@ def sample_completions(model: Any, tokenizer: Any, prompt_ids: list[list[int]], 
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             generation_config=generation_config,
-            logits_processor=LogitsProcessorList([warper]) if warper else None,
+            logits_processor=LogitsProcessorList([warper]) if warper is not None else None,
         )
     generated = output[:, batch["input_ids"].shape[1]:].tolist()
     return [_split_completion(tokens, eos_ids) for tokens in generated]

@@ -308,14 +308,15 @@ class StudyConfig:
         if task is not None and self.budget_column is not None:
             raise ValueError(f"budget_column is for dataset recipes; the built-in task {self.task!r} names its own "
                              f"({task.budget_column!r})")
-        if self.budget_column_name() is None:
+        budget_column = self.budget_column_name()
+        if budget_column is None:
             from .methods import BUDGET_METHODS
 
             needing = sorted(label for label, variant in self.methods.items() if variant["method"] in BUDGET_METHODS)
             if needing:
                 raise ValueError(f"methods {needing} read each prompt's token budget: use a budget task (e.g. task: "
                                  "checked_parity_budget) or name the dataset's budget column (budget_column)")
-        if self.eval_guided and self.budget_column_name() is None:
+        if self.eval_guided and budget_column is None:
             raise ValueError(f"eval_guided decodes under each prompt's token budget: use a budget task (e.g. task: "
                              f"checked_parity_budget) or a dataset with a budget_column, not {self.task!r}")
 
@@ -791,8 +792,9 @@ def _prompt_table(config: StudyConfig, rows: list[dict[str, Any]], tokenizer: An
     if config.difficulty_column:
         table["difficulty"] = [row[config.difficulty_column] for row in rows]
     task = config.builtin_task()
-    if config.budget_column_name() is not None:
-        table["budget"] = [row[config.budget_column_name()] for row in rows]
+    budget_column = config.budget_column_name()
+    if budget_column is not None:
+        table["budget"] = [row[budget_column] for row in rows]
     if task is not None:
         ideal = [task.ideal_completion(row) for row in rows]
         if all(text is not None for text in ideal):
