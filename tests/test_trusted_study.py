@@ -213,10 +213,11 @@ def test_confirmatory_seeds_must_not_reuse_the_sweep_seeds():
 
 
 def test_seed_level_interval_widens_when_seeds_disagree():
-    """Five seeds, every prompt identical within a seed: the ratio varies only across seeds. The t-interval over the
-    per-seed ratios must widen with that variance and cover the per-seed spread the bootstrap understates."""
-    from lenvm_rl.study.report import StudyTable, _comparisons, _per_seed
-    from lenvm_rl.study.stats import paired_bootstrap, percentile_interval, t_interval
+    """Five seeds, every prompt identical within a seed: the ratio varies only across seeds. The report's seed-level
+    interval (the jackknife over seeds around the pooled point) must widen with that variance, hold its own point,
+    and read wider than the bootstrap, which understates the spread of 5 seeds."""
+    from lenvm_rl.study.report import StudyTable, _comparisons, _per_seed, _seed_intervals
+    from lenvm_rl.study.stats import paired_bootstrap, percentile_interval
 
     def intervals(spread):
         seeds = {s: (lambda label, s=s: 1.0 + spread * (s - 2) / 2 if label == "lenvm/batch" else 1.0)
@@ -227,16 +228,54 @@ def test_seed_level_interval_widens_when_seeds_disagree():
             return _comparisons(table, "lenvm/batch", None, ["linear/batch"], [0.01], means["correct"],
                                 means["tokens"], comparator="linear/batch")
 
-        per_seed = _per_seed(table, statistic, "correct", "tokens")["ratio@-0.01"]
+        point = statistic({"correct": np.nanmean(table.metrics["correct"], axis=(1, 2)),
+                           "tokens": np.nanmean(table.metrics["tokens"], axis=(1, 2))})
+        seed_ci = _seed_intervals(point, _per_seed(table, statistic, "correct", "tokens", leave_one_out=True))
         boot = paired_bootstrap({"correct": table.metrics["correct"], "tokens": table.metrics["tokens"]}, statistic,
                                 samples=200)["ratio@-0.01"]
-        return per_seed, t_interval(per_seed), percentile_interval(boot)
+        return point["ratio@-0.01"], seed_ci["ratio@-0.01"], percentile_interval(boot)
 
-    calm_seeds, calm, _ = intervals(0.02)
-    wild_seeds, wild, wild_boot = intervals(0.6)
+    _, calm, _ = intervals(0.02)
+    wild_point, wild, wild_boot = intervals(0.6)
     assert wild[1] - wild[0] > 10 * (calm[1] - calm[0])
-    assert wild[0] < wild_seeds.mean() < wild[1]
+    assert wild[0] < wild_point < wild[1]
     assert wild[1] - wild[0] > wild_boot[1] - wild_boot[0]  # the bootstrap over 5 seeds reads narrower
+
+
+def test_jackknife_of_a_mean_is_the_t_interval_of_the_seed_means():
+    from lenvm_rl.study.stats import jackknife_interval, t_interval
+
+    values = np.array([0.8, 1.1, 0.95, 1.3, 0.7])
+    leave_one_out = (values.sum() - values) / (len(values) - 1)
+    assert jackknife_interval(float(values.mean()), leave_one_out) == pytest.approx(t_interval(values), rel=1e-9)
+    assert all(math.isnan(v) for v in jackknife_interval(1.0, [1.0]))
+    assert all(math.isnan(v) for v in jackknife_interval(1.0, [1.0, math.nan, 1.2]))  # unknown spread, not small
+    assert all(math.isnan(v) for v in jackknife_interval(math.nan, [1.0, 1.2]))
+    with pytest.raises(ValueError, match="level"):
+        jackknife_interval(1.0, [1.0, 2.0], level=1.0)
+    assert all(math.isnan(v) for v in jackknife_interval(1.0, [1.0, -0.5], log_scale=True))
+    low, high = jackknife_interval(2.0, [1.0, 4.0], log_scale=True)
+    assert low * high == pytest.approx(4.0) and 0 < low < 2.0 < high
+
+
+def test_seed_interval_of_a_ratio_of_pooled_means_holds_its_point():
+    """A ratio of pooled means is not the mean of the per-seed ratios: with one seed far off, the t interval over
+    per-seed ratios excludes the reported point (the long-task study's ablation read 1.02 with interval 0.95-1.01);
+    the jackknife interval the report uses is centred on it."""
+    from lenvm_rl.study.report import _seed_intervals
+    from lenvm_rl.study.stats import t_interval
+
+    numerators = np.array([10.0, 10.0, 10.0, 10.0, 1100.0])
+    denominators = np.array([10.0, 10.0, 10.0, 10.0, 1000.0])
+    point = numerators.sum() / denominators.sum()  # 1.096; per-seed ratios 1, 1, 1, 1, 1.1 (mean 1.02)
+    keep = ~np.eye(5, dtype=bool)
+    leave_one_out = np.array([numerators[k].sum() / denominators[k].sum() for k in keep])
+    low, high = t_interval(numerators / denominators)
+    assert high < point  # the mismatch the fix removes
+    low, high = _seed_intervals({"ratio": point}, {"ratio": leave_one_out})["ratio"]
+    assert 0 < low < point < high and math.sqrt(low * high) == pytest.approx(point)  # log scale: ratios stay > 0
+    low, high = _seed_intervals({"tokens": 5.0}, {"tokens": np.array([1.0, 9.0, 2.0, 8.0])})["tokens"]
+    assert low < 0 and (low + high) / 2 == pytest.approx(5.0)  # anything else on its own scale
 
 
 def test_student_t_quantiles_match_tables():

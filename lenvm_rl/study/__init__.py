@@ -20,6 +20,7 @@ from .methods import (
 )
 from .stats import (
     accuracy_at_tokens,
+    jackknife_interval,
     paired_bootstrap,
     pareto_frontier,
     percentile_interval,
@@ -39,6 +40,7 @@ __all__ = [
     "check_method_options",
     "evaluate_policy",
     "expand_normalizations",
+    "jackknife_interval",
     "normalization_gaps",
     "normalization_of",
     "paired_bootstrap",

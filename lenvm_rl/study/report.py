@@ -22,10 +22,10 @@ from ..tasks import TRACE_PAYS_FROM
 from .methods import METHODS, SEQUENCE_LEVEL, STRICTER_WHEN_SMALLER
 from .stats import (
     accuracy_at_tokens,
+    jackknife_interval,
     paired_bootstrap,
     pareto_frontier,
     percentile_interval,
-    t_interval,
     tokens_at_accuracy,
 )
 
@@ -198,6 +198,7 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     boot = paired_bootstrap({"correct": table.metrics["correct"], "tokens": table.metrics["tokens"]}, statistic,
                             samples=config.bootstrap_samples, seed=0)
     per_seed = _per_seed(table, statistic, "correct", "tokens")
+    seed_ci = _seed_intervals(point, _per_seed(table, statistic, "correct", "tokens", leave_one_out=True))
     deployed = None
     if "greedy_correct" in table.metrics and "greedy_tokens" in table.metrics:
         def greedy_statistic(means: dict[str, np.ndarray]) -> dict[str, float]:
@@ -206,11 +207,13 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
 
         greedy_means = {"correct": np.nanmean(table.metrics["greedy_correct"], axis=(1, 2)),
                         "tokens": np.nanmean(table.metrics["greedy_tokens"], axis=(1, 2))}
-        deployed = (greedy_statistic(greedy_means),
+        greedy_point = greedy_statistic(greedy_means)
+        deployed = (greedy_point,
                     paired_bootstrap({"correct": table.metrics["greedy_correct"],
                                       "tokens": table.metrics["greedy_tokens"]}, greedy_statistic,
                                      samples=config.bootstrap_samples, seed=1),
-                    _per_seed(table, greedy_statistic, "greedy_correct", "greedy_tokens"))
+                    _seed_intervals(greedy_point, _per_seed(table, greedy_statistic, "greedy_correct",
+                                                            "greedy_tokens", leave_one_out=True)))
     start = json.loads((out / "start.json").read_text()) if (out / "start.json").exists() else None
     prompt_table = json.loads((out / "eval_prompts.json").read_text()) if (out / "eval_prompts.json").exists() else {}
     critic = json.loads((out / "critic_metrics.json").read_text()) if (out / "critic_metrics.json").exists() else None
@@ -221,7 +224,7 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
                   "trained and its numbers mean nothing. Run the studies in `recipes/study/` or the demo for "
                   "results.", ""]
     preregistered = bool(getattr(config, "preregistration", None))
-    lines += [_headline(point, boot, per_seed, head, comparator, len(baselines), drops, preregistered), ""]
+    lines += [_headline(point, boot, seed_ci, head, comparator, len(baselines), drops, preregistered), ""]
     stage_seconds = _merged_stage_seconds(out, stage_seconds)
     total_runs = len(config.variants()) * len(config.seeds)
     seconds = sum(r["seconds"] for r in results)
@@ -231,15 +234,16 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
               f"{config.rl_prompts_per_step} prompts × {config.rl_generations} samples at learning rate "
               f"{config.rl_learning_rate:g} (β = {config.rl_beta:g}), and is evaluated on {table.prompts} held-out "
               f"prompts × {config.eval_samples} samples at temperature {config.eval_temperature:g}"
-              f"{' plus greedy' if config.eval_greedy else ''}. Intervals: t over the "
-              f"{len(table.seeds)} per-seed values (the seed-level interval, the one claims rest on) and a paired "
+              f"{' plus greedy' if config.eval_greedy else ''}. Intervals: the seed-level jackknife around each "
+              f"point (the statistic recomputed with each of the {len(table.seeds)} seeds left out, t with "
+              f"{max(len(table.seeds) - 1, 1)} df; the interval claims rest on) and a paired "
               f"two-level bootstrap over seeds and prompts ({config.bootstrap_samples} replicates), both 95%. "
               "Every frontier includes its trainer "
               "family's no-length-term point (`none` for GRPO, `ppo_none` with the same task critic for critic "
               "PPO).", ""]
     lines += _preregistration_section(config, table.seeds, head, comparator, baselines, lenvm_variants)
-    lines += _targets_section(point, boot, per_seed, head, ablation, drops)
-    lines += _matched_sections(point, boot, per_seed, head, ablation, baselines, drops, comparator)
+    lines += _targets_section(point, seed_ci, head, ablation, drops)
+    lines += _matched_sections(point, boot, seed_ci, head, ablation, baselines, drops, comparator)
     if deployed is not None:
         lines += _deployed_section(*deployed, head, comparator, drops)
     lines += _variants_section(point, boot, lenvm_variants, drops)
@@ -287,7 +291,7 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     report = {"headline": next(line for line in lines if line.startswith("Headline")), "point": point,
               "intervals": {key: list(percentile_interval(value)) for key, value in boot.items()},
               "per_seed": {key: value.tolist() for key, value in per_seed.items() if "ratio" in key},
-              "seed_intervals": {key: list(t_interval(value)) for key, value in per_seed.items() if "ratio" in key},
+              "seed_intervals": {key: list(value) for key, value in seed_ci.items() if "ratio" in key},
               "greedy_point": deployed[0] if deployed else None,
               "configs": [list(c) for c in table.configs], "seeds": table.seeds, "stage_seconds": stage_seconds,
               "sample_efficiency": efficiency, "budgets": budgets}
@@ -426,7 +430,7 @@ def _merged_stage_seconds(out: Path, stage_seconds: dict[str, float]) -> dict[st
     return merged
 
 
-def _headline(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
+def _headline(point: dict[str, float], boot: dict[str, np.ndarray], seed_ci: dict[str, tuple[float, float]],
               head: str | None, comparator: str | None, baselines: int, drops: Sequence[float],
               preregistered: bool = False) -> str:
     if head is None or not drops:
@@ -442,8 +446,8 @@ def _headline(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: di
                 "is off its frontier; no matched-accuracy ratio.")
     b_low, b_high = percentile_interval(boot[key])
     return (f"Headline: `{head}` uses {ratio:.2f}× the tokens of {against} at matched accuracy "
-            f"(−{100 * drops[0]:g} pt; 95% CI over seeds {_seed_interval(per_seed, key)}, "
-            f"n = {int(np.isfinite(per_seed.get(key, np.array([]))).sum())}; bootstrap {b_low:.2f}–{b_high:.2f})")
+            f"(−{100 * drops[0]:g} pt; 95% CI over seeds {_seed_interval(seed_ci, key)}; "
+            f"bootstrap {b_low:.2f}–{b_high:.2f})")
 
 
 def _preregistration_section(config: Any, seeds: list[int], head: str | None, comparator: str | None,
@@ -475,50 +479,60 @@ def _preregistration_section(config: Any, seeds: list[int], head: str | None, co
     return lines
 
 
-def _targets_section(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
-                     head: str | None, ablation: str | None, drops: Sequence[float]) -> list[str]:
+def _targets_section(point: dict[str, float], seed_ci: dict[str, tuple[float, float]], head: str | None,
+                     ablation: str | None, drops: Sequence[float]) -> list[str]:
     if head is None or not drops:
         return []
     lines = ["## Targets", ""]
     key = f"ratio@-{drops[0]:g}"
     ratio = point.get(key, float("nan"))
-    _, high = t_interval(per_seed.get(key, []))
+    _, high = seed_ci.get(key, (math.nan, math.nan))
     met = math.isfinite(ratio) and ratio <= 0.85 and math.isfinite(high) and high < 1.0
     lines.append(f"- `{head}` at ≤ 0.85× the tokens of the comparator at matched accuracy (no length term − "
                  f"{100 * drops[0]:g} point), seed-level interval excluding 1.0: "
                  f"**{'met' if met else 'missed'}** (ratio {_fmt(ratio, 2)}, 95% CI over seeds "
-                 f"{_seed_interval(per_seed, key)}).")
+                 f"{_seed_interval(seed_ci, key)}).")
     if ablation is not None:
         key = f"ablation_ratio@-{drops[0]:g}"
         ratio = point.get(key, float("nan"))
-        _, high = t_interval(per_seed.get(key, []))
+        _, high = seed_ci.get(key, (math.nan, math.nan))
         met = math.isfinite(high) and high < 1.0
         lines.append(f"- Ahead of its own sequence-level ablation (`{ablation}`, which broadcasts each completion's "
                      f"normalized length outcome to every token as GRPO does) by a margin outside seed noise: "
                      f"**{'met' if met else 'missed'}** (token ratio {_fmt(ratio, 2)}, 95% CI over seeds "
-                     f"{_seed_interval(per_seed, key)}).")
+                     f"{_seed_interval(seed_ci, key)}).")
     return lines + [""]
 
 
-def _per_seed(table: StudyTable, statistic: Any, correct: str, tokens: str) -> dict[str, np.ndarray]:
-    """name → ``(S,)``: the statistic computed on each seed's runs alone (the replication unit of an RL study)."""
+def _per_seed(table: StudyTable, statistic: Any, correct: str, tokens: str,
+              leave_one_out: bool = False) -> dict[str, np.ndarray]:
+    """name → ``(S,)``: the statistic computed on each seed's runs alone (the replication unit of an RL study), or,
+    with ``leave_one_out``, on every seed's runs but that one (the jackknife's replicates)."""
     out: dict[str, list[float]] = {}
     for index in range(len(table.seeds)):
+        seeds = np.arange(len(table.seeds)) != index if leave_one_out else np.arange(len(table.seeds)) == index
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a configuration missing this seed is NaN
-            means = {"correct": np.nanmean(table.metrics[correct][:, index], axis=1),
-                     "tokens": np.nanmean(table.metrics[tokens][:, index], axis=1)}
+            warnings.simplefilter("ignore", RuntimeWarning)  # a configuration missing these seeds is NaN
+            means = {"correct": np.nanmean(table.metrics[correct][:, seeds], axis=(1, 2)),
+                     "tokens": np.nanmean(table.metrics[tokens][:, seeds], axis=(1, 2))}
         for name, value in statistic(means).items():
             out.setdefault(name, []).append(float(value))
     return {name: np.asarray(values) for name, values in out.items()}
 
 
-def _seed_interval(per_seed: dict[str, np.ndarray], key: str, digits: int = 2) -> str:
-    low, high = t_interval(per_seed.get(key, []))
-    return "– (needs ≥ 2 seeds)" if not math.isfinite(low) else f"{low:.{digits}f}–{high:.{digits}f}"
+def _seed_intervals(point: dict[str, float], leave_one_out: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """name → the seed-level 95% interval of ``point[name]`` (:func:`~lenvm_rl.study.stats.jackknife_interval`; ratios
+    on the log scale)."""
+    return {name: jackknife_interval(point.get(name, math.nan), values, log_scale="ratio" in name)
+            for name, values in leave_one_out.items()}
 
 
-def _deployed_section(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
+def _seed_interval(seed_ci: dict[str, tuple[float, float]], key: str, digits: int = 2) -> str:
+    low, high = seed_ci.get(key, (math.nan, math.nan))
+    return "–" if not math.isfinite(low) else f"{low:.{digits}f}–{high:.{digits}f}"
+
+
+def _deployed_section(point: dict[str, float], boot: dict[str, np.ndarray], seed_ci: dict[str, tuple[float, float]],
                       head: str | None, comparator: str | None, drops: Sequence[float]) -> list[str]:
     """The matched-accuracy comparison at the temperature users deploy (greedy): a method that only sharpens the
     policy gains sampled accuracy at T = 1 without being a better length method, and this is where that shows."""
@@ -536,12 +550,12 @@ def _deployed_section(point: dict[str, float], boot: dict[str, np.ndarray], per_
                           math.nan)
         lines.append(f"| {point['none_accuracy'] - drop:.3f} (−{100 * drop:g} pt) | "
                      f"{_fmt(point.get(f'tokens@-{drop:g}/{head}', math.nan), 1)} | {_fmt(other, 1)} | "
-                     f"{_fmt(point.get(key, math.nan), 2)} ({_seed_interval(per_seed, key)}; "
+                     f"{_fmt(point.get(key, math.nan), 2)} ({_seed_interval(seed_ci, key)}; "
                      f"{_interval(boot.get(key), 2)}) |")
     return lines + [""]
 
 
-def _matched_sections(point: dict[str, float], boot: dict[str, np.ndarray], per_seed: dict[str, np.ndarray],
+def _matched_sections(point: dict[str, float], boot: dict[str, np.ndarray], seed_ci: dict[str, tuple[float, float]],
                       head: str | None, ablation: str | None, baselines: list[str], drops: Sequence[float],
                       comparator: str | None = None) -> list[str]:
     against = f"the comparator `{comparator}`" if comparator else "the best sequence-level variant of each replicate"
@@ -565,10 +579,10 @@ def _matched_sections(point: dict[str, float], boot: dict[str, np.ndarray], per_
         lines.append(
             f"| {none_accuracy - drop:.3f} (−{100 * drop:g} pt) | {_fmt(lenvm, 1)} | {_fmt(best, 1)}"
             f"{f' ({best_label})' if best_label and math.isfinite(best) else ''} | "
-            f"{_fmt(point.get(f'ratio@-{drop:g}', math.nan), 2)} ({_seed_interval(per_seed, f'ratio@-{drop:g}')}; "
+            f"{_fmt(point.get(f'ratio@-{drop:g}', math.nan), 2)} ({_seed_interval(seed_ci, f'ratio@-{drop:g}')}; "
             f"{_interval(boot.get(f'ratio@-{drop:g}'), 2)}) | "
             f"{_fmt(abl, 1)} | {_fmt(point.get(f'ablation_ratio@-{drop:g}', math.nan), 2)} "
-            f"({_seed_interval(per_seed, f'ablation_ratio@-{drop:g}')}; "
+            f"({_seed_interval(seed_ci, f'ablation_ratio@-{drop:g}')}; "
             f"{_interval(boot.get(f'ablation_ratio@-{drop:g}'), 2)}) | "
             f"{_fmt(point.get(f'ratio_vs_best@-{drop:g}', math.nan), 2)} "
             f"({_interval(boot.get(f'ratio_vs_best@-{drop:g}'), 2)}) |")
@@ -761,8 +775,9 @@ def _plot(out: Path, table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray
         for ax in (left, right):
             ax.axhline(target, color="grey", linestyle=":", linewidth=1,
                        label="headline accuracy (no length term − drop)")
-    left.legend(fontsize=6, loc="lower right", ncol=2)
-    right.legend(fontsize=7, loc="lower right")
+    # below the axes: inside, a legend covers the frontiers whenever every point sits in one corner
+    for ax in (left, right):
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
     fig.tight_layout()
     save_figure(fig, out / "accuracy_vs_tokens.png")
 

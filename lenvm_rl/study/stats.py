@@ -171,3 +171,30 @@ def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tup
         return float("nan"), float("nan")
     half = student_t_quantile((1.0 + level) / 2.0, finite.size - 1) * finite.std(ddof=1) / math.sqrt(finite.size)
     return float(finite.mean() - half), float(finite.mean() + half)
+
+
+def jackknife_interval(point: float, leave_one_out: Sequence[float] | np.ndarray, level: float = 0.95,
+                       log_scale: bool = False) -> tuple[float, float]:
+    """``θ̂ ± t_{(1+level)/2, n-1} · SE_jack`` with ``SE_jack² = (n-1)/n · Σ_i (θ̂_(i) − θ̄_(·))²``: the seed-level
+    interval of the statistic ``point`` itself, where ``leave_one_out[i]`` is that statistic recomputed without seed
+    ``i``. A ratio of pooled means (a frontier's tokens at matched accuracy) is not the mean of the per-seed ratios,
+    so a t-interval over those can exclude its own point; this one is centred on it and, for a plain mean, equals
+    :func:`t_interval` of the per-seed means. ``log_scale`` builds it on ``log θ`` and maps it back (for ratios:
+    positive and multiplicatively symmetric). Jackknife variances err large (the Efron–Stein inequality), so the
+    interval is conservative. (NaN, NaN) with fewer than two seeds or where the point or any leave-one-out value is
+    undefined (a frontier that stops reaching the target without some seed: the spread is then unknown, not small),
+    or not positive on the log scale."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    values = np.asarray(leave_one_out, dtype=np.float64)
+    if values.size < 2 or not math.isfinite(point) or not np.isfinite(values).all():
+        return float("nan"), float("nan")
+    if log_scale:
+        if point <= 0 or (values <= 0).any():
+            return float("nan"), float("nan")
+        low, high = jackknife_interval(math.log(point), np.log(values), level)
+        return math.exp(low), math.exp(high)
+    n = values.size
+    standard_error = math.sqrt((n - 1) / n * float(((values - values.mean()) ** 2).sum()))
+    half = student_t_quantile((1.0 + level) / 2.0, n - 1) * standard_error
+    return float(point - half), float(point + half)
