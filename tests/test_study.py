@@ -195,9 +195,11 @@ def test_preregister_writes_a_confirmatory_recipe_the_study_accepts(finished, tm
 
     output = tmp_path / "confirmatory.yaml"
     assert main(["preregister", "--sweep", str(finished), "--output", str(output), "--output_dir",
-                 str(tmp_path / "confirm")]) == 0
+                 str(tmp_path / "confirm"), "--eval_greedy", "false"]) == 0
     (config,) = TrlParser((study_job.StudyConfig,)).parse_args_and_config(["--config", str(output)])
     assert (config.headline_method, config.comparator_method) == ("lenvm/batch", "linear/batch")
+    sweep_greedy = json.loads((finished / "study_config.json").read_text())["config"]["eval_greedy"]
+    assert sweep_greedy and not config.eval_greedy  # the flag overrides the sweep's setting
     assert config.preregistration["sweep_seeds"] == [0] and config.seeds == [200, 201, 202, 203, 204]
     assert config.policy == str(finished / "policy") and config.critic == str(finished / "critic")
     assert set(config.methods) == {"none", "linear/batch", "lenvm/batch", "lenvm_seq/batch"}

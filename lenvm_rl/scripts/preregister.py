@@ -49,6 +49,9 @@ class PreregisterArguments:
                                      "c* × (1/2, 1, 2)); fix it with the rule, before the sweep runs."})
     eval_at_steps: list[int] | None = field(
         default=None, metadata={"help": "Inner evaluation steps of the confirmatory runs (sample efficiency)."})
+    eval_greedy: bool | None = field(
+        default=None, metadata={"help": "Evaluate greedy decoding too (default: as the sweep did; a sweep may skip it "
+                                        "to save time, since the rule reads only the sampled frontier)."})
 
 
 DATACLASSES = (PreregisterArguments,)
@@ -104,6 +107,7 @@ def preregister(args: PreregisterArguments) -> dict:
               "seeds": list(args.seeds), "eval_prompts": args.eval_prompts, "eval_samples": args.eval_samples,
               "bootstrap_samples": args.bootstrap_samples, "normalizations": None,
               **({"eval_at_steps": list(eval_at_steps)} if eval_at_steps else {}),
+              **({"eval_greedy": args.eval_greedy} if args.eval_greedy is not None else {}),
               "headline_method": record["token_level"], "comparator_method": record["comparator"],
               **({"ablation_method": ablation} if ablation else {}),
               "methods": methods, "preregistration": record}
