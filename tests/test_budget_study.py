@@ -347,6 +347,34 @@ def test_adherence_by_step_reads_the_preregistered_comparator_per_seed():
     assert curve["reference_system"] is None and "samples_to_reference_by_seed" not in curve
 
 
+def test_samples_ratio_bounds_each_crossing_by_the_evaluation_grid():
+    from lenvm_rl.study.report import _budget_headline, samples_ratio
+
+    def result(label, method, seed, at_10, at_25, final):
+        return {"label": label, "method": method, "coef": 1.0, "seed": seed, "eval": {"within_budget": final},
+                "eval_at_steps": {"10": {"within_budget": at_10}, "25": {"within_budget": at_25}}}
+
+    # the comparator ends at 0.9 (first there at step 50); the token-level run is below it at 10, at it by 25
+    results = [result("lcpo_max", "lcpo_max", 0, [0.5], [0.7], [0.9]),
+               result("lenvm_budget", "lenvm_budget", 0, [0.8], [0.9], [1.0])]
+    curve = adherence_by_step(results, rl_steps=50, samples_per_step=32, comparator="lcpo_max")
+    ratio = samples_ratio(curve, "lenvm_budget", "lcpo_max")
+    assert ratio["ratio"] == pytest.approx(25 / 50) and ratio["per_seed"] == [pytest.approx(0.5)]
+    assert ratio["head_steps"] == [10, 25] and ratio["other_steps"] == [25, 50]
+    assert ratio["bounds"] == [pytest.approx(10 / 50), pytest.approx(25 / 50)]
+    comparison = {"correct@all": [-0.05, -0.08, -0.02], "within_budget@all": [0.03, 0.01, 0.05]}
+    headline = _budget_headline({"samples_ratio": ratio, "comparison": comparison}, preregistered=True)
+    assert headline.startswith("Headline: `lenvm_budget` reaches the pre-registered comparator `lcpo_max`'s final "
+                               "adherence (0.900) in 0.50× its RL samples")
+    assert "0.20–0.50" in headline and "accuracy -0.050 [-0.080, -0.020]" in headline
+    # a token-level run that never gets there has no ratio, and the headline says so
+    results[1] = result("lenvm_budget", "lenvm_budget", 0, [0.1], [0.2], [0.3])
+    ratio = samples_ratio(adherence_by_step(results, 50, 32, comparator="lcpo_max"), "lenvm_budget", "lcpo_max")
+    assert ratio["ratio"] == math.inf and ratio["head_steps"] == [50, math.inf]
+    assert "never reaches" in _budget_headline({"samples_ratio": ratio, "comparison": comparison}, True)
+    assert samples_ratio(curve, "lenvm_budget", "budget_gated") is None  # a label the curves do not hold
+
+
 def test_a_budget_study_runs_end_to_end_and_reports_per_budget(tmp_path):
     """task: checked_parity_budget through every stage: warm-up on budget prompts, critic, the sequence-level budget
     rewards and the token-level budget term in GRPO, the starting policy's hard truncation, and the Budgets

@@ -30,7 +30,7 @@ from .stats import (
 )
 
 __all__ = ["StudyTable", "collect", "write_report", "sample_efficiency", "budget_table", "adherence_by_step",
-           "TOKEN_FRACTIONS"]
+           "samples_ratio", "TOKEN_FRACTIONS"]
 
 # matched-token comparisons at these fractions of the no-length-term policy's mean tokens
 TOKEN_FRACTIONS = (0.5, 0.67, 0.8)
@@ -224,7 +224,18 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
                   "trained and its numbers mean nothing. Run the studies in `recipes/study/` or the demo for "
                   "results.", ""]
     preregistered = bool(getattr(config, "preregistration", None))
-    lines += [_headline(point, boot, seed_ci, head, comparator, len(baselines), drops, preregistered), ""]
+    budgets = None
+    if prompt_table.get("budget") and "within_budget" in table.metrics:
+        pair = (head, comparator) if head is not None and comparator is not None else None
+        budgets = budget_table(table, start, prompt_table["budget"], samples=config.bootstrap_samples, pair=pair)
+        budgets["adherence_by_step"] = adherence_by_step(results, config.rl_steps,
+                                                         config.rl_prompts_per_step * config.rl_generations,
+                                                         comparator)
+        if pair is not None and budgets["adherence_by_step"] is not None:
+            budgets["samples_ratio"] = samples_ratio(budgets["adherence_by_step"], *pair)
+    budget_headline = _budget_headline(budgets, preregistered) if budgets is not None else None
+    lines += [budget_headline or _headline(point, boot, seed_ci, head, comparator, len(baselines), drops,
+                                           preregistered), ""]
     stage_seconds = _merged_stage_seconds(out, stage_seconds)
     total_runs = len(config.variants()) * len(config.seeds)
     seconds = sum(r["seconds"] for r in results)
@@ -273,13 +284,7 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
     lines += _task_critic_section(config.methods, out)
     if start and "forced" in start:
         lines += _forced_section(start, prompt_table.get("difficulty"))
-    budgets = None
-    if prompt_table.get("budget") and "within_budget" in table.metrics:
-        pair = (head, comparator) if head is not None and comparator is not None else None
-        budgets = budget_table(table, start, prompt_table["budget"], samples=config.bootstrap_samples, pair=pair)
-        budgets["adherence_by_step"] = adherence_by_step(results, config.rl_steps,
-                                                         config.rl_prompts_per_step * config.rl_generations,
-                                                         comparator)
+    if budgets is not None:
         lines += _budget_section(budgets)
     if stage_seconds:
         lines += ["## Stage wall times", "", "| stage | seconds |", "|---|---|"]
@@ -926,6 +931,76 @@ def adherence_by_step(results: Sequence[dict[str, Any]], rl_steps: int, samples_
     return curve
 
 
+def samples_ratio(curve: dict[str, Any], head: str, other: str) -> dict[str, Any] | None:
+    """RL samples until ``head`` first reached the comparator ``other``'s final adherence ÷ the samples ``other``
+    needed, from :func:`adherence_by_step`'s ``curve`` (mean curves, and per seed where it holds them). The
+    evaluation steps bound where each crossing happened: ``head_steps`` / ``other_steps`` are the last step below the
+    reference and the first at or above it (0 before the first evaluation), so with adherence still rising at the
+    comparator's last step the ratio lies in ``bounds``. ``None`` when either label is missing from the curves."""
+    names = {label: next((name for name in curve["adherence"] if name.startswith(f"{label} ")), None)
+             for label in (head, other)}
+    if None in names.values() or not curve.get("reference_system"):
+        return None
+
+    def crossing(name: str) -> list[float]:
+        steps = sorted(curve["adherence"][name])
+        first = next((k for k, step in enumerate(steps) if curve["adherence"][name][step] >= curve["reference"]),
+                     None)
+        if first is None:
+            return [float(steps[-1]), math.inf]
+        return [float(steps[first - 1]) if first > 0 else 0.0, float(steps[first])]
+
+    needed = [curve["samples_to_reference"][names[label]] for label in (head, other)]
+    seeds = curve.get("samples_to_reference_by_seed") or {}
+    per_seed = [seeds[names[head]][seed] / seeds[names[other]][seed]
+                for seed in seeds.get(names[other], {}) if seed in seeds.get(names[head], {})
+                and math.isfinite(seeds[names[other]][seed]) and seeds[names[other]][seed] > 0]
+    head_steps, other_steps = crossing(names[head]), crossing(names[other])
+    finite = math.isfinite(needed[1]) and needed[1] > 0
+    return {"pair": [head, other], "reference": curve["reference"],
+            "ratio": needed[0] / needed[1] if finite else math.nan, "per_seed": per_seed,
+            "head_steps": head_steps, "other_steps": other_steps,
+            "bounds": [head_steps[0] / other_steps[1], head_steps[1] / other_steps[1]] if finite else [math.nan] * 2}
+
+
+def _crossing_note(ratio: dict[str, Any]) -> str:
+    head_steps, other_steps = ratio["head_steps"], ratio["other_steps"]
+    if not math.isfinite(head_steps[1]) or not math.isfinite(other_steps[1]):
+        return ""
+    return (f"Read on the evaluation grid: the token-level run first crossed between steps {head_steps[0]:g} and "
+            f"{head_steps[1]:g}, the comparator between {other_steps[0]:g} and {other_steps[1]:g}; with the "
+            f"comparator still rising at its last step the ratio lies in ({ratio['bounds'][0]:.2f}, "
+            f"{ratio['bounds'][1]:.2f}].")
+
+
+def _budget_headline(budgets: dict[str, Any], preregistered: bool) -> str | None:
+    """A budget study's headline: the pre-registered pair's RL samples to the comparator's final adherence, and what
+    the token-level side pays for it in accuracy and gains in adherence (``None`` without a pair to compare)."""
+    ratio, comparison = budgets.get("samples_ratio"), budgets.get("comparison")
+    if ratio is None or comparison is None:
+        return None
+    head, other = ratio["pair"]
+    kind = "pre-registered comparator" if preregistered else "comparator"
+
+    def difference(key: str) -> str:
+        value, low, high = comparison[f"{key}@all"]
+        return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+    if not math.isfinite(ratio["ratio"]):
+        reached = "never reaches" if ratio["head_steps"][1] == math.inf else "reaches"
+        return (f"Headline: `{head}` {reached} the {kind} `{other}`'s final adherence ({ratio['reference']:.3f}) "
+                f"within the run; accuracy {difference('correct')}, adherence {difference('within_budget')} over all "
+                "budgets (paired bootstrap)")
+    per_seed = [value for value in ratio["per_seed"] if math.isfinite(value)]
+    seeds = (f"per seed {min(per_seed):.2f}–{max(per_seed):.2f}" if len(per_seed) == len(ratio["per_seed"])
+             and per_seed else "some seeds never reach it")
+    return (f"Headline: `{head}` reaches the {kind} `{other}`'s final adherence ({ratio['reference']:.3f}) in "
+            f"{ratio['ratio']:.2f}× its RL samples ({seeds}; bounds from the evaluation grid "
+            f"{ratio['bounds'][0]:.2f}–{ratio['bounds'][1]:.2f}), at accuracy {difference('correct')} and adherence "
+            f"{difference('within_budget')} over all budgets (`{head}` − `{other}`, paired bootstrap over prompts "
+            "and seeds)")
+
+
 def _samples(value: float) -> str:
     """RL samples to a reference: "never" when the run did not get there, "–" when there is no run."""
     return "never" if value == math.inf else _fmt(value, 0)
@@ -991,20 +1066,12 @@ def _budget_section(budgets: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | " + " | ".join(
                 f"{comparison[f'{key}@{level}'][0]:+.3f} [{comparison[f'{key}@{level}'][1]:+.3f}, "
                 f"{comparison[f'{key}@{level}'][2]:+.3f}]" for level in (levels[0], "all")) + " |")
-        if curve is not None and curve.get("reference_system"):
-            names = {label: next((name for name in curve["adherence"] if name.startswith(f"{label} ")), None)
-                     for label in (head, other)}
-            if None not in names.values():
-                needed = [curve["samples_to_reference"][names[label]] for label in (head, other)]
-                seeds = curve.get("samples_to_reference_by_seed") or {}
-                per_seed = [seeds[names[head]][seed] / seeds[names[other]][seed]
-                            for seed in seeds.get(names[other], {}) if seed in seeds.get(names[head], {})
-                            and math.isfinite(seeds[names[other]][seed]) and seeds[names[other]][seed] > 0]
-                ratio = needed[0] / needed[1] if math.isfinite(needed[1]) and needed[1] > 0 else math.nan
-                lines += ["", f"RL samples to the comparator's final adherence, `{head}` ÷ `{other}`: "
-                          f"{_fmt(ratio, 2)} on the mean curves (target ≤ 0.6); per seed "
-                          + (", ".join("never" if value == math.inf else _fmt(value, 2) for value in per_seed)
-                             or "–") + "."]
+        ratio = budgets.get("samples_ratio")
+        if ratio is not None:
+            lines += ["", f"RL samples to the comparator's final adherence, `{head}` ÷ `{other}`: "
+                      f"{_fmt(ratio['ratio'], 2)} on the mean curves (target ≤ 0.6); per seed "
+                      + (", ".join("never" if value == math.inf else _fmt(value, 2) for value in ratio["per_seed"])
+                         or "–") + f". {_crossing_note(ratio)}"]
     return lines + ["", "Plot: `budgets.png` (accuracy and adherence against the budget).", ""]
 
 
@@ -1020,11 +1087,19 @@ def _plot_budgets(out: Path, budgets: dict[str, Any]) -> None:
 
     levels = budgets["budgets"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(16, 6), sharex=True)
-    for color, (name, cells) in enumerate(budgets["systems"].items()):
-        style = ":" if name.startswith("starting policy") else "-"
+    # a system keeps its colour in every decoding: plain solid, guided dashed, the starting policy dotted/black
+    colors: dict[str, str] = {}
+    for name, cells in budgets["systems"].items():
+        system = name.removesuffix(", guided")
+        if name.startswith("starting policy"):
+            color = {"starting policy": "black", "starting policy, truncated at N": "grey"}.get(name, "black")
+            style = ":" if name != "starting policy, guided" else "--"
+        else:
+            color = colors.setdefault(system, f"C{len(colors) % 10}")
+            style = "--" if name.endswith(", guided") else "-"
         for ax, key in ((left, "correct"), (right, "within_budget")):
             ax.plot(levels, [cells[str(n)][key][0] for n in levels], style, marker="o", markersize=3,
-                    color=f"C{color % 10}", label=name)
+                    color=color, label=name)
     right.axhline(ADHERENCE_BAR, color="grey", linestyle="--", linewidth=1)
     left.set_ylabel("accuracy")
     right.set_ylabel("adherence (fraction with L ≤ N)")
