@@ -245,11 +245,12 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
               f"{config.rl_prompts_per_step} prompts × {config.rl_generations} samples at learning rate "
               f"{config.rl_learning_rate:g} (β = {config.rl_beta:g}), and is evaluated on {table.prompts} held-out "
               f"prompts × {config.eval_samples} samples at temperature {config.eval_temperature:g}"
-              f"{' plus greedy' if config.eval_greedy else ''}. Intervals: the seed-level jackknife around each "
-              f"point (the statistic recomputed with each of the {len(table.seeds)} seeds left out, t with "
-              f"{max(len(table.seeds) - 1, 1)} df; the interval claims rest on) and a paired "
-              f"two-level bootstrap over seeds and prompts ({config.bootstrap_samples} replicates), both 95%. "
-              "Every frontier includes its trainer "
+              f"{' plus greedy' if config.eval_greedy else ''}. Intervals: "
+              + (f"the seed-level jackknife around each point (the statistic recomputed with each of the "
+                 f"{len(table.seeds)} seeds left out, t with {len(table.seeds) - 1} df; the interval claims rest on)"
+                 if len(table.seeds) > 1 else "no seed-level interval with one seed (–)")
+              + f" and a paired two-level bootstrap over seeds and prompts ({config.bootstrap_samples} replicates), "
+              "both 95%. Every frontier includes its trainer "
               "family's no-length-term point (`none` for GRPO, `ppo_none` with the same task critic for critic "
               "PPO).", ""]
     lines += _preregistration_section(config, table.seeds, head, comparator, baselines, lenvm_variants)
