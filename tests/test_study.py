@@ -188,6 +188,11 @@ def test_shipped_study_recipes_are_valid(recipe):
     (config,) = TrlParser((study_job.StudyConfig,)).parse_args_and_config(["--config", str(path)])
     assert {variant["method"] for variant in config.methods.values()} <= set(METHODS)
     assert "none" in config.methods and len(config.seeds) >= (5 if "confirmatory" in recipe else 1)
+    # the header's own commands on this recipe (e.g. a split with --only) parse too: labels and flags exist
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and f"lenvm-rl study --config {recipe}" in line:
+            flags = line.split(f"lenvm-rl study --config {recipe}", 1)[1].split("`")[0].split()
+            TrlParser((study_job.StudyConfig,)).parse_args_and_config(["--config", str(path), *flags])
 
 
 def test_preregister_writes_a_confirmatory_recipe_the_study_accepts(finished, tmp_path):
