@@ -348,7 +348,7 @@ def test_adherence_by_step_reads_the_preregistered_comparator_per_seed():
 
 
 def test_samples_ratio_bounds_each_crossing_by_the_evaluation_grid():
-    from lenvm_rl.study.report import _budget_headline, samples_ratio
+    from lenvm_rl.study.report import _budget_headline, _budget_targets_section, samples_ratio
 
     def result(label, method, seed, at_10, at_25, final):
         return {"label": label, "method": method, "coef": 1.0, "seed": seed, "eval": {"within_budget": final},
@@ -361,18 +361,37 @@ def test_samples_ratio_bounds_each_crossing_by_the_evaluation_grid():
     ratio = samples_ratio(curve, "lenvm_budget", "lcpo_max")
     assert ratio["ratio"] == pytest.approx(25 / 50) and ratio["per_seed"] == [pytest.approx(0.5)]
     assert ratio["head_steps"] == [10, 25] and ratio["other_steps"] == [25, 50]
-    assert ratio["bounds"] == [pytest.approx(10 / 50), pytest.approx(25 / 50)]
+    # the grid alone: head crossed in (10, 25], the comparator in (25, 50]
+    assert ratio["bounds"] == [pytest.approx(10 / 50), pytest.approx(25 / 25)]
+    # the comparator rose into its final value at its last step: if monotone, it crossed exactly there
+    assert ratio["bounds_if_monotone"] == [pytest.approx(10 / 50), pytest.approx(25 / 50)]
     comparison = {"correct@all": [-0.05, -0.08, -0.02], "within_budget@all": [0.03, 0.01, 0.05]}
     headline = _budget_headline({"samples_ratio": ratio, "comparison": comparison}, preregistered=True)
     assert headline.startswith("Headline: `lenvm_budget` reaches the pre-registered comparator `lcpo_max`'s final "
-                               "adherence (0.900) in 0.50× its RL samples")
-    assert "0.20–0.50" in headline and "accuracy -0.050 [-0.080, -0.020]" in headline
+                               "adherence (0.900) in 0.50× its RL samples (0.50 on 1 of 1 seeds")
+    assert "(0.20, 0.50] if the comparator's adherence rises monotonically" in headline
+    assert "accuracy -0.050 [-0.080, -0.020]" in headline
+    targets = "\n".join(_budget_targets_section({"samples_ratio": ratio, "comparison": comparison, "target": None}))
+    assert "≤ 0.6× its RL samples, on the mean curves and on every seed: **met**" in targets
+    assert "**not at equal adherence**" in targets  # adherence differs: accuracy is not judged
+    level = {**comparison, "within_budget@all": [0.01, -0.01, 0.03]}
+    targets = "\n".join(_budget_targets_section({"samples_ratio": ratio, "comparison": level, "target": None}))
+    assert "at equal adherence, interval excluding 0: **missed**" in targets
+    # a comparator that peaked before its end: its final value was first reached at step 25, and no monotone bound
+    peaked = [result("lcpo_max", "lcpo_max", 0, [0.5], [0.95], [0.9]), results[1]]
+    ratio = samples_ratio(adherence_by_step(peaked, 50, 32, comparator="lcpo_max"), "lenvm_budget", "lcpo_max")
+    assert ratio["other_steps"] == [10, 25] and ratio["bounds_if_monotone"] is None
+    assert ratio["bounds"] == [pytest.approx(10 / 25), pytest.approx(25 / 10)]
+    assert "rises monotonically" not in _budget_headline({"samples_ratio": ratio, "comparison": comparison}, True)
     # a token-level run that never gets there has no ratio, and the headline says so
     results[1] = result("lenvm_budget", "lenvm_budget", 0, [0.1], [0.2], [0.3])
     ratio = samples_ratio(adherence_by_step(results, 50, 32, comparator="lcpo_max"), "lenvm_budget", "lcpo_max")
     assert ratio["ratio"] == math.inf and ratio["head_steps"] == [50, math.inf]
     assert "never reaches" in _budget_headline({"samples_ratio": ratio, "comparison": comparison}, True)
     assert samples_ratio(curve, "lenvm_budget", "budget_gated") is None  # a label the curves do not hold
+    two = [*results, {**result("lenvm_budget", "lenvm_budget", 0, [0.9], [0.9], [1.0]), "coef": 2.0}]
+    curve = adherence_by_step(two, 50, 32, comparator="lcpo_max")
+    assert samples_ratio(curve, "lenvm_budget", "lcpo_max") is None  # two coefficients name no single system
 
 
 def test_a_budget_study_runs_end_to_end_and_reports_per_budget(tmp_path):

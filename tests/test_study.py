@@ -2,6 +2,7 @@
 redoing finished runs, a user-supplied `module:function` reward, and clear errors for bad recipes."""
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -188,11 +189,19 @@ def test_shipped_study_recipes_are_valid(recipe):
     (config,) = TrlParser((study_job.StudyConfig,)).parse_args_and_config(["--config", str(path)])
     assert {variant["method"] for variant in config.methods.values()} <= set(METHODS)
     assert "none" in config.methods and len(config.seeds) >= (5 if "confirmatory" in recipe else 1)
-    # the header's own commands on this recipe (e.g. a split with --only) parse too: labels and flags exist
-    for line in path.read_text().splitlines():
-        if line.startswith("#") and f"lenvm-rl study --config {recipe}" in line:
-            flags = line.split(f"lenvm-rl study --config {recipe}", 1)[1].split("`")[0].split()
-            TrlParser((study_job.StudyConfig,)).parse_args_and_config(["--config", str(path), *flags])
+    # the header's own commands on this recipe (a split with --only, the preregister call) parse too: labels and
+    # flags exist
+    header = [line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    splits = [line.split(f"lenvm-rl study --config {recipe}", 1)[1].split("`")[0].split() for line in header
+              if f"lenvm-rl study --config {recipe}" in line]
+    for flags in splits:
+        TrlParser((study_job.StudyConfig,)).parse_args_and_config(["--config", str(path), *flags])
+    if "smollm2" in recipe:
+        assert any("--only" in flags for flags in splits), "the SmolLM2 recipes say how to split across processes"
+    from lenvm_rl.scripts.preregister import PreregisterArguments
+
+    for command in re.findall(r"`lenvm-rl preregister ([^`]*)`", " ".join(header)):
+        TrlParser((PreregisterArguments,)).parse_args_and_config(command.split())
 
 
 def test_preregister_writes_a_confirmatory_recipe_the_study_accepts(finished, tmp_path):

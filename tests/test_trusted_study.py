@@ -278,6 +278,24 @@ def test_seed_interval_of_a_ratio_of_pooled_means_holds_its_point():
     assert low < 0 and (low + high) / 2 == pytest.approx(5.0)  # anything else on its own scale
 
 
+def test_leave_one_seed_out_skips_a_configuration_missing_that_seed():
+    """A configuration with no run on seed 2: leaving seed 2 out changes nothing for it, leaving another seed out
+    averages the seeds it has."""
+    from lenvm_rl.study.report import StudyTable, _per_seed
+
+    table = StudyTable(_results(POINTS, seeds={s: (lambda label: 1.0) for s in range(3)}), VARIANTS)
+    index = table.configs.index(("lenvm/batch", 0.5))
+    table.metrics["tokens"][index, 0] = 10.0
+    table.metrics["tokens"][index, 1] = 20.0
+    table.metrics["tokens"][index, 2] = np.nan
+
+    def statistic(means):
+        return {"tokens": means["tokens"][index]}
+
+    left_out = _per_seed(table, statistic, "correct", "tokens", leave_one_out=True)["tokens"]
+    assert left_out.tolist() == [pytest.approx(20.0), pytest.approx(10.0), pytest.approx(15.0)]
+
+
 def test_student_t_quantiles_match_tables():
     from lenvm_rl.study.stats import student_t_quantile, t_interval
 

@@ -254,7 +254,8 @@ def write_report(config: Any, out: Path, results: Sequence[dict[str, Any]],
               "family's no-length-term point (`none` for GRPO, `ppo_none` with the same task critic for critic "
               "PPO).", ""]
     lines += _preregistration_section(config, table.seeds, head, comparator, baselines, lenvm_variants)
-    lines += _targets_section(point, seed_ci, head, ablation, drops)
+    lines += (_budget_targets_section(budgets) if budget_headline is not None else
+              _targets_section(point, seed_ci, head, ablation, drops))
     lines += _matched_sections(point, boot, seed_ci, head, ablation, baselines, drops, comparator)
     if deployed is not None:
         lines += _deployed_section(*deployed, head, comparator, drops)
@@ -567,9 +568,9 @@ def _matched_sections(point: dict[str, float], boot: dict[str, np.ndarray], seed
     against = f"the comparator `{comparator}`" if comparator else "the best sequence-level variant of each replicate"
     lines = ["## Tokens at matched accuracy", "",
              "Tokens each frontier needs to reach the no-length-term accuracy minus 1, 2 and 5 points (interpolated; "
-             f"– where a frontier does not reach it). Ratio: `{head}` ÷ {against}; intervals: over seeds (t), then "
-             f"bootstrap. Last column (secondary): ÷ the best of {len(baselines)} sequence-level variants per "
-             "replicate.", "",
+             f"– where a frontier does not reach it). Ratio: `{head}` ÷ {against}; intervals: over seeds "
+             f"(jackknife), then bootstrap. Last column (secondary): ÷ the best of {len(baselines)} sequence-level "
+             "variants per replicate.", "",
              "| accuracy target | token-level | comparator | ratio (95% CI seeds; bootstrap) | ablation "
              "| ÷ ablation (95% CI seeds; bootstrap) | ÷ best of all (bootstrap) |",
              "|---|---|---|---|---|---|---|"]
@@ -788,8 +789,9 @@ def _plot(out: Path, table: StudyTable, accuracy: np.ndarray, tokens: np.ndarray
     save_figure(fig, out / "accuracy_vs_tokens.png")
 
 
-# the issue's adherence bar for "follows the budget"
+# the issue's adherence bar for "follows the budget", and its bar on RL samples to the comparator's adherence
 ADHERENCE_BAR = 0.95
+SAMPLES_BAR = 0.6
 
 
 def budget_table(table: StudyTable, start: dict[str, Any] | None, budgets: list[int], samples: int = 1000,
@@ -938,10 +940,10 @@ def samples_ratio(curve: dict[str, Any], head: str, other: str) -> dict[str, Any
     evaluation steps bound where each crossing happened: ``head_steps`` / ``other_steps`` are the last step below the
     reference and the first at or above it (0 before the first evaluation), so with adherence still rising at the
     comparator's last step the ratio lies in ``bounds``. ``None`` when either label is missing from the curves."""
-    names = {label: next((name for name in curve["adherence"] if name.startswith(f"{label} ")), None)
-             for label in (head, other)}
-    if None in names.values() or not curve.get("reference_system"):
-        return None
+    matches = {label: [name for name in curve["adherence"] if name.startswith(f"{label} ")] for label in (head, other)}
+    if any(len(found) != 1 for found in matches.values()) or not curve.get("reference_system"):
+        return None  # a label with several coefficients names no single system
+    names = {label: found[0] for label, found in matches.items()}
 
     def crossing(name: str) -> list[float]:
         steps = sorted(curve["adherence"][name])
@@ -958,20 +960,33 @@ def samples_ratio(curve: dict[str, Any], head: str, other: str) -> dict[str, Any
                 and math.isfinite(seeds[names[other]][seed]) and seeds[names[other]][seed] > 0]
     head_steps, other_steps = crossing(names[head]), crossing(names[other])
     finite = math.isfinite(needed[1]) and needed[1] > 0
+    last = max(curve["adherence"][names[other]])
+    # the comparator first at its own final adherence at its last evaluation, and rising into it: if it rises
+    # monotonically it got there only at the end, which pins its crossing
+    rising = other_steps[1] == last and other_steps[0] > 0 and (
+        curve["adherence"][names[other]][int(other_steps[0])] < curve["reference"])
+    bounds = ([head_steps[0] / other_steps[1], head_steps[1] / other_steps[0] if other_steps[0] > 0 else math.inf]
+              if finite else [math.nan] * 2)
     return {"pair": [head, other], "reference": curve["reference"],
             "ratio": needed[0] / needed[1] if finite else math.nan, "per_seed": per_seed,
-            "head_steps": head_steps, "other_steps": other_steps,
-            "bounds": [head_steps[0] / other_steps[1], head_steps[1] / other_steps[1]] if finite else [math.nan] * 2}
+            "seeds": len(seeds.get(names[other], {})), "head_steps": head_steps, "other_steps": other_steps,
+            "bounds": bounds,
+            "bounds_if_monotone": [head_steps[0] / other_steps[1], head_steps[1] / other_steps[1]]
+            if finite and rising else None}
 
 
 def _crossing_note(ratio: dict[str, Any]) -> str:
     head_steps, other_steps = ratio["head_steps"], ratio["other_steps"]
     if not math.isfinite(head_steps[1]) or not math.isfinite(other_steps[1]):
         return ""
-    return (f"Read on the evaluation grid: the token-level run first crossed between steps {head_steps[0]:g} and "
-            f"{head_steps[1]:g}, the comparator between {other_steps[0]:g} and {other_steps[1]:g}; with the "
-            f"comparator still rising at its last step the ratio lies in ({ratio['bounds'][0]:.2f}, "
-            f"{ratio['bounds'][1]:.2f}].")
+    note = (f"Read on the evaluation grid: the token-level run first crossed between steps {head_steps[0]:g} and "
+            f"{head_steps[1]:g}, the comparator between {other_steps[0]:g} and {other_steps[1]:g}, so the ratio "
+            f"lies in ({ratio['bounds'][0]:.2f}, {ratio['bounds'][1]:.2f}]")
+    monotone = ratio.get("bounds_if_monotone")
+    if monotone is not None:
+        note += (f"; the comparator reaches its final adherence only at its last step if its adherence rises "
+                 f"monotonically, and then the ratio lies in ({monotone[0]:.2f}, {monotone[1]:.2f}]")
+    return note + "."
 
 
 def _budget_headline(budgets: dict[str, Any], preregistered: bool) -> str | None:
@@ -992,14 +1007,63 @@ def _budget_headline(budgets: dict[str, Any], preregistered: bool) -> str | None
         return (f"Headline: `{head}` {reached} the {kind} `{other}`'s final adherence ({ratio['reference']:.3f}) "
                 f"within the run; accuracy {difference('correct')}, adherence {difference('within_budget')} over all "
                 "budgets (paired bootstrap)")
-    per_seed = [value for value in ratio["per_seed"] if math.isfinite(value)]
-    seeds = (f"per seed {min(per_seed):.2f}–{max(per_seed):.2f}" if len(per_seed) == len(ratio["per_seed"])
-             and per_seed else "some seeds never reach it")
+    values = ratio["per_seed"]
+    finite = sorted(value for value in values if math.isfinite(value))
+    if not values:
+        seeds = "no per-seed data"
+    else:
+        spread = (f"{finite[0]:.2f}" if finite and finite[0] == finite[-1] else
+                  f"{finite[0]:.2f}–{finite[-1]:.2f}" if finite else "")
+        seeds = (f"{spread} on {len(finite)} of {ratio['seeds']} seeds" if finite else "no seed reaches it")
+        if len(finite) < len(values):
+            seeds += f", never on {len(values) - len(finite)}"
+    bounds = ratio.get("bounds_if_monotone") or ratio["bounds"]
+    grid = (f"evaluation grid: ({bounds[0]:.2f}, {bounds[1]:.2f}]"
+            + (" if the comparator's adherence rises monotonically" if ratio.get("bounds_if_monotone") else ""))
     return (f"Headline: `{head}` reaches the {kind} `{other}`'s final adherence ({ratio['reference']:.3f}) in "
-            f"{ratio['ratio']:.2f}× its RL samples ({seeds}; bounds from the evaluation grid "
-            f"{ratio['bounds'][0]:.2f}–{ratio['bounds'][1]:.2f}), at accuracy {difference('correct')} and adherence "
-            f"{difference('within_budget')} over all budgets (`{head}` − `{other}`, paired bootstrap over prompts "
-            "and seeds)")
+            f"{ratio['ratio']:.2f}× its RL samples ({seeds}; {grid}), at accuracy {difference('correct')} and "
+            f"adherence {difference('within_budget')} over all budgets (`{head}` − `{other}`, paired bootstrap over "
+            "prompts and seeds)")
+
+
+def _budget_targets_section(budgets: dict[str, Any]) -> list[str]:
+    """The budget issue's targets, judged on the pre-registered pair: RL samples to the comparator's final adherence
+    (≤ 0.6×, on the mean curves and on every seed), accuracy at equal adherence (a paired difference whose interval
+    excludes 0, read only where the adherence difference's interval holds 0), and the best system at the tightest
+    budget against hard truncation (≥ 5× at ≥ 95% adherence)."""
+    ratio, comparison, target = budgets["samples_ratio"], budgets["comparison"], budgets["target"]
+    head, other = ratio["pair"]
+    per_seed = ratio["per_seed"]
+    met = (math.isfinite(ratio["ratio"]) and ratio["ratio"] <= SAMPLES_BAR and bool(per_seed)
+           and all(value <= SAMPLES_BAR for value in per_seed))
+    bounds = ratio.get("bounds_if_monotone") or ratio["bounds"]
+    lines = ["## Targets", "",
+             f"- `{head}` reaches `{other}`'s final adherence with ≤ {SAMPLES_BAR:g}× its RL samples, on the mean "
+             f"curves and on every seed: **{'met' if met else 'missed'}** (ratio "
+             f"{'never' if ratio['ratio'] == math.inf else _fmt(ratio['ratio'], 2)}; per seed "
+             + (", ".join("never" if v == math.inf else _fmt(v, 2) for v in per_seed) or "–")
+             + f"; on the evaluation grid ({bounds[0]:.2f}, {bounds[1]:.2f}]"
+             + (", if the comparator's adherence rises monotonically" if ratio.get("bounds_if_monotone") else "")
+             + ")."]
+    accuracy, adherence = comparison["correct@all"], comparison["within_budget@all"]
+    if adherence[1] <= 0.0 <= adherence[2]:
+        verdict = "met" if accuracy[1] > 0 else "missed"
+        lines.append(f"- … or more accurate at equal adherence, interval excluding 0: **{verdict}** (accuracy "
+                     f"{accuracy[0]:+.3f} [{accuracy[1]:+.3f}, {accuracy[2]:+.3f}] at adherence {adherence[0]:+.3f} "
+                     f"[{adherence[1]:+.3f}, {adherence[2]:+.3f}], all budgets).")
+    else:
+        lines.append(f"- … or more accurate at equal adherence: **not at equal adherence** (adherence "
+                     f"{adherence[0]:+.3f} [{adherence[1]:+.3f}, {adherence[2]:+.3f}], accuracy {accuracy[0]:+.3f} "
+                     f"[{accuracy[1]:+.3f}, {accuracy[2]:+.3f}], all budgets).")
+    if target is None:
+        lines.append(f"- ≥ 5× hard truncation's accuracy at the tightest budget, ≥ {ADHERENCE_BAR:.0%} adherence: "
+                     "**missed** (no system within the bar).")
+    else:
+        lines.append(f"- ≥ 5× hard truncation's accuracy at the tightest budget (N = {target['budget']}), ≥ "
+                     f"{ADHERENCE_BAR:.0%} adherence: **{'met' if target['ratio'] >= 5 else 'missed'}** "
+                     f"(`{target['system']}` {target['accuracy']:.3f} ÷ {target['truncated_accuracy']:.3f} = "
+                     f"{_fmt(target['ratio'], 2)}×).")
+    return lines + [""]
 
 
 def _samples(value: float) -> str:
@@ -1070,7 +1134,8 @@ def _budget_section(budgets: dict[str, Any]) -> list[str]:
         ratio = budgets.get("samples_ratio")
         if ratio is not None:
             lines += ["", f"RL samples to the comparator's final adherence, `{head}` ÷ `{other}`: "
-                      f"{_fmt(ratio['ratio'], 2)} on the mean curves (target ≤ 0.6); per seed "
+                      f"{'never' if ratio['ratio'] == math.inf else _fmt(ratio['ratio'], 2)} on the mean curves "
+                      "(target ≤ 0.6); per seed "
                       + (", ".join("never" if value == math.inf else _fmt(value, 2) for value in ratio["per_seed"])
                          or "–") + f". {_crossing_note(ratio)}"]
     return lines + ["", "Plot: `budgets.png` (accuracy and adherence against the budget).", ""]

@@ -1,11 +1,12 @@
 """Statistics of the length-method study: Pareto frontiers, interpolation along them, matched-accuracy token ratios
-paired bootstrap intervals over prompts and seeds, and t-intervals over per-seed statistics. Pure numpy: arrays in,
+paired bootstrap intervals over prompts and seeds, and seed-level t and jackknife intervals. Pure numpy: arrays in,
 numbers out.
 
 Why two intervals: the bootstrap resamples seeds and prompts, but with ``S`` seeds it has only ``C(2S-1, S)`` distinct
 seed resamples (10 for 3 seeds) and reads the spread of a handful of seeds as if it were the population's; a
-t-interval over the ``S`` per-seed values of a statistic widens by Student's quantile exactly when seeds are few
-and disagree, which is what an honest seed-level interval must do.
+seed-level interval with Student's quantile widens exactly when seeds are few and disagree, which is what an honest
+one must do. The study's reports use the jackknife form (:func:`jackknife_interval`), which belongs to the statistic
+they report (a ratio of pooled frontiers), not to the mean of per-seed ratios.
 
 A *point* is ``(tokens, accuracy)`` of one (method, coefficient). A method's *frontier* is its Pareto-efficient
 points (no other point of the method is both shorter and at least as accurate) sorted by tokens; between two
@@ -178,12 +179,13 @@ def jackknife_interval(point: float, leave_one_out: Sequence[float] | np.ndarray
     """``θ̂ ± t_{(1+level)/2, n-1} · SE_jack`` with ``SE_jack² = (n-1)/n · Σ_i (θ̂_(i) − θ̄_(·))²``: the seed-level
     interval of the statistic ``point`` itself, where ``leave_one_out[i]`` is that statistic recomputed without seed
     ``i``. A ratio of pooled means (a frontier's tokens at matched accuracy) is not the mean of the per-seed ratios,
-    so a t-interval over those can exclude its own point; this one is centred on it and, for a plain mean, equals
-    :func:`t_interval` of the per-seed means. ``log_scale`` builds it on ``log θ`` and maps it back (for ratios:
-    positive and multiplicatively symmetric). Jackknife variances err large (the Efron–Stein inequality), so the
-    interval is conservative. (NaN, NaN) with fewer than two seeds or where the point or any leave-one-out value is
-    undefined (a frontier that stops reaching the target without some seed: the spread is then unknown, not small),
-    or not positive on the log scale."""
+    so a t-interval over those can exclude its own point; this one is centred on it and, for a plain mean with the
+    same number of prompts in every seed, equals :func:`t_interval` of the per-seed means. ``log_scale`` builds it on
+    ``log θ`` and maps it back (for ratios: positive and multiplicatively symmetric). The jackknife variance errs
+    large in expectation (the Efron–Stein inequality), which is no coverage guarantee: a frontier interpolation is not
+    smooth, and a seed that moves a point on or off a frontier widens it. (NaN, NaN) with fewer than two seeds, where
+    the point or any leave-one-out value is undefined (a frontier that stops reaching the target without some seed:
+    the spread is then unknown, not small), or where one is not positive on the log scale."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
     values = np.asarray(leave_one_out, dtype=np.float64)
