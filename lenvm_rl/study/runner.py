@@ -4,9 +4,11 @@ From one starting policy (a path, or the built-in warm-up on one of the study ta
 with one LenVM critic trained on that policy's rollouts (or given), every (method variant, coefficient, seed) of the
 recipe gets the same RL budget (steps, prompts and samples per step, learning rate) and the same evaluation
 (held-out prompts × samples at temperature 1, plus greedy). Each run's result is saved the moment it finishes, and a
-rerun skips finished runs, so a crash or a stop loses at most one run. At the end (and with ``report_only``) it
-writes ``results.jsonl``, ``report.md`` (headline, frontier tables with 95% bootstrap intervals, matched-accuracy
-token ratios, the sequence-level ablation) and PNG plots (:mod:`lenvm_rl.study.report`).
+rerun skips finished runs, so a crash or a stop loses at most one run. Several processes may run the same recipe on
+one output directory at once (one per core, or per machine over a shared disk): the shared stages run once while
+the others wait, and each run is claimed by the process that starts it (:mod:`lenvm_rl.study.claims`). At the end
+(and with ``report_only``) it writes ``results.jsonl``, ``report.md`` (headline, frontier tables with 95% bootstrap
+intervals, matched-accuracy token ratios, the sequence-level ablation) and PNG plots (:mod:`lenvm_rl.study.report`).
 
 A recipe names the methods as variants: ``label: {method: <name>, grid: [coefficients], options: {config fields}}``
 (method names in :data:`lenvm_rl.study.methods.METHODS`). Task rewards are import paths ``module:function``; the first
@@ -24,6 +26,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..io import write_text_atomically
+from .claims import acquire, claim, release
 from .tasks import StudyTask, get_task
 
 __all__ = ["StudyConfig", "run_study", "load_results", "print_summary", "DEFAULT_METHODS", "CONFIG_FILE", "RESULT_FILE"]
@@ -42,6 +46,8 @@ logger = logging.getLogger(__name__)
 BUILTIN = "builtin"
 CONFIG_FILE = "study_config.json"
 RESULT_FILE = "result.json"
+# claims (lenvm_rl.study.claims): the shared stages' in the output directory, each run's in its run directory
+SETUP_CLAIM, RUN_CLAIM = ".setup.claim", ".claim"
 
 # The variants a study runs when its recipe names none: a compact table, not a measured one. Its grids are geometric
 # with one ratio (2) for every coefficient method, and each GRPO variant runs under every normalization in
@@ -559,6 +565,10 @@ def _peft_config(config: StudyConfig) -> Any:
                                        lora_target_modules=config.lora_target_modules))
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)  # the library's own logger is silenced during a study
+
+
 def _run_dir(out: Path, label: str, coef: float, seed: int) -> Path:
     safe = label.replace("/", "-")
     return out / "runs" / safe / f"coef={coef:g}" / f"seed={seed}"
@@ -698,6 +708,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
     runs = [(label, method, coef, seed) for seed in config.seeds for label, method, coef in config.variants()]
     run_names = {run: f"{run[0]} {run[2]:g} seed {run[3]}" for run in runs}
+    # another process on this directory may be running the shared stages: wait, then see what it left done
+    acquire(out / SETUP_CLAIM, "shared stages", _say)
     finished = _finished_runs(config, out, runs)
     from .methods import METHODS, reads_pretrained_task_critic, run_fingerprint
 
@@ -717,7 +729,11 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
         reads_pretrained_task_critic(config.methods[run[0]]) for run in runs)
     if not needs_task_critic:
         done.add("task critic")
-    clock = StageClock(stages, done)
+    try:
+        clock = StageClock(stages, done)
+    except BaseException:
+        release(out / SETUP_CLAIM)
+        raise
     try:
         started = clock.start("warm-up")
         policy = _warm_up(config, out) if config.policy == BUILTIN else Path(config.policy)
@@ -764,23 +780,34 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             del model
         if not (out / "eval_prompts.json").exists():
             _write_json(out / "eval_prompts.json", _prompt_table(config, eval_rows, tokenizer))
+        release(out / SETUP_CLAIM)
 
         for run in runs:
-            # a second process on the same directory (split with --only / --seeds) may have finished it meanwhile
-            if run in finished or (_run_dir(out, run[0], run[2], run[3]) / RESULT_FILE).exists():
-                continue
             label, method, coef, seed = run
-            name = run_names[run]
-            started = clock.start(name)
-            result = _rl_run(config, label, method, coef, seed, policy, critic, train_rows, eval_rows, task_rewards,
-                             out)
-            result["fingerprint"] = hashlib.sha256(json.dumps(config.fingerprint(), sort_keys=True).encode()
-                                                   ).hexdigest()[:16]
-            result["run"] = run_fingerprint(config.methods[label], coef)
-            _write_json(_run_dir(out, label, coef, seed) / RESULT_FILE, result)
-            clock.finish(name, started)
-            _write_results_jsonl(config, out)
+            run_dir = _run_dir(out, label, coef, seed)
+            # another process on the same directory may have finished it meanwhile, or be running it now
+            if run in finished or (run_dir / RESULT_FILE).exists():
+                continue
+            if not claim(run_dir / RUN_CLAIM):
+                clock.bar.write(f"{run_names[run]}: another process is running it; skipped")
+                continue
+            try:
+                if (run_dir / RESULT_FILE).exists():  # finished between the look and the claim
+                    continue
+                name = run_names[run]
+                started = clock.start(name)
+                result = _rl_run(config, label, method, coef, seed, policy, critic, train_rows, eval_rows,
+                                 task_rewards, out)
+                result["fingerprint"] = hashlib.sha256(json.dumps(config.fingerprint(), sort_keys=True).encode()
+                                                       ).hexdigest()[:16]
+                result["run"] = run_fingerprint(config.methods[label], coef)
+                _write_json(run_dir / RESULT_FILE, result)
+                clock.finish(name, started)
+                _write_results_jsonl(config, out)
+            finally:
+                release(run_dir / RUN_CLAIM)
     finally:
+        release(out / SETUP_CLAIM)
         clock.close()
     return write_report(config, out, load_results(out), stage_seconds=clock.seconds)
 
