@@ -358,6 +358,11 @@ def test_changed_variant_under_the_same_label_is_refused_or_rerun(tmp_path):
     config = StudyConfig(output_dir=str(tmp_path), methods=methods, normalizations=None, seeds=[0], device="cpu")
     with pytest.raises(ValueError, match=r"options: \{'scale_rewards': 'group'\} → \{'scale_rewards': 'batch'\}"):
         _finished_runs(config, tmp_path, runs)
+    from lenvm_rl.study.runner import SETUP_CLAIM, run_study
+
+    with pytest.raises(ValueError, match="scale_rewards"):  # the whole study refuses it, before any stage runs
+        run_study(config)
+    assert not (tmp_path / SETUP_CLAIM).exists()  # and leaves the shared stages free for the next process
     path.write_text(json.dumps({"label": "lin", "coef": 0.1, "seed": 0, "run": {**stale, "options": {
         "scale_rewards": "batch"}}}))
     assert _finished_runs(config, tmp_path, runs) == set(runs)

@@ -709,29 +709,29 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     runs = [(label, method, coef, seed) for seed in config.seeds for label, method, coef in config.variants()]
     run_names = {run: f"{run[0]} {run[2]:g} seed {run[3]}" for run in runs}
     # another process on this directory may be running the shared stages: wait, then see what it left done
-    acquire(out / SETUP_CLAIM, "shared stages", _say)
-    finished = _finished_runs(config, out, runs)
     from .methods import METHODS, reads_pretrained_task_critic, run_fingerprint
 
-    weight = {run: (1.6 if METHODS[run[1]].trainer == "ppo" else 1.0) for run in runs}
-    stages = [("warm-up", 0.0 if config.policy != BUILTIN else config.warmup_steps / 150),
-              ("task critic", config.task_critic_steps / 300),
-              ("critic", 0.0 if config.critic != "train" else 1.0 + config.critic_steps / 400),
-              ("starting policy", 0.3)] + [(run_names[run], weight[run]) for run in runs]
-    done = {run_names[run] for run in finished}
-    if (out / "policy" / "config.json").exists() or config.policy != BUILTIN:
-        done.add("warm-up")
-    if (out / "critic-eval" / "metrics.json").exists() or config.critic != "train":
-        done.add("critic")
-    if (out / "start.json").exists():
-        done.add("starting policy")
-    needs_task_critic = not (out / "task-critic" / "config.json").exists() and any(
-        reads_pretrained_task_critic(config.methods[run[0]]) for run in runs)
-    if not needs_task_critic:
-        done.add("task critic")
+    acquire(out / SETUP_CLAIM, "shared stages", _say)
     try:
+        finished = _finished_runs(config, out, runs)
+        weight = {run: (1.6 if METHODS[run[1]].trainer == "ppo" else 1.0) for run in runs}
+        stages = [("warm-up", 0.0 if config.policy != BUILTIN else config.warmup_steps / 150),
+                  ("task critic", config.task_critic_steps / 300),
+                  ("critic", 0.0 if config.critic != "train" else 1.0 + config.critic_steps / 400),
+                  ("starting policy", 0.3)] + [(run_names[run], weight[run]) for run in runs]
+        done = {run_names[run] for run in finished}
+        if (out / "policy" / "config.json").exists() or config.policy != BUILTIN:
+            done.add("warm-up")
+        if (out / "critic-eval" / "metrics.json").exists() or config.critic != "train":
+            done.add("critic")
+        if (out / "start.json").exists():
+            done.add("starting policy")
+        needs_task_critic = not (out / "task-critic" / "config.json").exists() and any(
+            reads_pretrained_task_critic(config.methods[run[0]]) for run in runs)
+        if not needs_task_critic:
+            done.add("task critic")
         clock = StageClock(stages, done)
-    except BaseException:
+    except BaseException:  # a refused rerun must not leave the shared stages claimed
         release(out / SETUP_CLAIM)
         raise
     try:
