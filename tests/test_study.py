@@ -67,7 +67,7 @@ def test_tiny_study_end_to_end(finished):
     assert (finished / "critic" / "config.json").exists()
 
 
-def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_path, monkeypatch):
+def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_path, monkeypatch, capsys):
     recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"))
     real_run = study_job._rl_run
     calls = []
@@ -91,7 +91,14 @@ def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_p
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         claim.parent.mkdir(parents=True, exist_ok=True)
-        claim.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        claim.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid, "since": 0.0}))
+        capsys.readouterr()
+        assert main(["study", "--config", str(recipe), "--status"]) == 0
+        status = capsys.readouterr().out.splitlines()
+        assert status[0].split() == ["shared", "stages", "done"]
+        assert status[1].startswith("none 0 seed 0") and "finished" in status[1]
+        assert "running" in status[2] and f"pid {other.pid}" in status[2]
+        assert status[3].split()[-1] == "pending" and status[-1] == "3 runs: 1 finished, 1 running, 1 pending"
         assert main(["study", "--config", str(recipe)]) == 0
         assert calls == ["lenvm/batch"]
     finally:

@@ -9,7 +9,15 @@ from __future__ import annotations
 import sys
 import time
 
-from ..study.runner import CONFIG_FILE, RESULT_FILE, StudyConfig, load_results, print_summary, run_study
+from ..study.runner import (
+    CONFIG_FILE,
+    RESULT_FILE,
+    StudyConfig,
+    load_results,
+    print_status,
+    print_summary,
+    run_study,
+)
 
 __all__ = ["StudyConfig", "main", "DATACLASSES", "CONFIG_FILE", "RESULT_FILE", "load_results"]
 
@@ -19,6 +27,9 @@ DATACLASSES = (StudyConfig,)
 def main(config: StudyConfig) -> None:
     if config.command is None:
         config.command = "lenvm-rl " + " ".join(sys.argv[1:]) if sys.argv[1:] else "lenvm-rl study"
+    if config.status:
+        print_status(config)
+        return
     started = time.time()
     report = run_study(config)
     print_summary(config, report, (time.time() - started) / 60)

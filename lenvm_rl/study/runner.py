@@ -226,6 +226,9 @@ class StudyConfig:
     threads: int = field(default=2, metadata={"help": "torch threads (set it; two jobs × all cores thrash)."})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu or cuda."})
     report_only: bool = field(default=False, metadata={"help": "Write the report from finished runs; run nothing."})
+    status: bool = field(
+        default=False, metadata={"help": "Print where the study stands (each run finished, running in which process, "
+                                         "or pending) and exit; runs nothing and writes nothing."})
     smoke: bool = field(
         default=False, metadata={"help": "Mark the report as a smoke test whose numbers mean nothing."}
     )
@@ -935,6 +938,48 @@ def _write_results_jsonl(config: StudyConfig, out: Path) -> None:
             row["by_difficulty"] = by
         lines.append(json.dumps(row))
     write_text_atomically(out / "results.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+
+
+def study_status(config: StudyConfig) -> list[dict[str, Any]]:
+    """Each run of ``config`` (in run order) as ``{"run", "state", "minutes", "owner"}``: ``finished`` (with its
+    RL and evaluation minutes), ``running`` (the live process holding its claim, and for how long) or ``pending``;
+    first a ``shared stages`` row (``done`` once the starting policy is evaluated). Reads the output directory only."""
+    from .claims import holder
+
+    out = Path(config.output_dir)
+    rows = []
+    owner = holder(out / SETUP_CLAIM)
+    rows.append({"run": "shared stages", "owner": owner, "minutes": None,
+                 "state": "done" if (out / "eval_prompts.json").exists() else "running" if owner else "pending"})
+    for seed in config.seeds:
+        for label, _, coef in config.variants():
+            run_dir = _run_dir(out, label, coef, seed)
+            name = f"{label} {coef:g} seed {seed}"
+            if (run_dir / RESULT_FILE).exists():
+                seconds = json.loads((run_dir / RESULT_FILE).read_text()).get("seconds")
+                rows.append({"run": name, "state": "finished", "owner": None,
+                             "minutes": seconds / 60 if seconds is not None else None})
+                continue
+            owner = holder(run_dir / RUN_CLAIM)
+            rows.append({"run": name, "state": "running" if owner else "pending", "owner": owner,
+                         "minutes": (time.time() - owner["since"]) / 60 if owner and "since" in owner else None})
+    return rows
+
+
+def print_status(config: StudyConfig) -> None:
+    """Print :func:`study_status` as a table and a count per state."""
+    rows = study_status(config)
+    width = max(len(row["run"]) for row in rows)
+    for row in rows:
+        detail = ""
+        if row["owner"]:
+            detail = f"pid {row['owner'].get('pid')} on {row['owner'].get('host')}"
+        if row["minutes"] is not None:
+            detail += f"{', ' if detail else ''}{row['minutes']:.1f} min"
+        print(f"{row['run']:<{width}}  {row['state']:<8}  {detail}".rstrip())
+    runs = rows[1:]
+    counts = {state: sum(row["state"] == state for row in runs) for state in ("finished", "running", "pending")}
+    print(f"{len(runs)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
 
 
 def print_summary(config: StudyConfig, report: dict[str, Any], minutes: float) -> None:
