@@ -3,7 +3,6 @@ redoing finished runs, a user-supplied `module:function` reward, and clear error
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from lenvm_rl.cli import main
+from lenvm_rl.study import claims
 from lenvm_rl.study import runner as study_job
 
 TINY = {
@@ -91,14 +91,14 @@ def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_p
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         claim.parent.mkdir(parents=True, exist_ok=True)
-        claim.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid, "since": 0.0}))
+        claim.write_text(json.dumps({**claims._machine(), "pid": other.pid, "since": 0.0}))
         capsys.readouterr()
         assert main(["study", "--config", str(recipe), "--status"]) == 0
         status = capsys.readouterr().out.splitlines()
-        assert status[0].split() == ["shared", "stages", "done"]
-        assert status[1].startswith("none 0 seed 0") and "finished" in status[1]
-        assert "running" in status[2] and f"pid {other.pid}" in status[2]
-        assert status[3].split()[-1] == "pending" and status[-1] == "3 runs: 1 finished, 1 running, 1 pending"
+        assert status[0].startswith("run ") and status[1].split() == ["shared", "stages", "done"]
+        assert status[2].startswith("none 0 seed 0") and "finished" in status[2]
+        assert "running " in status[3] and f"pid {other.pid}" in status[3]
+        assert status[4].split()[-1] == "pending" and status[-1] == "3 runs: 1 finished, 1 running, 1 pending"
         assert main(["study", "--config", str(recipe)]) == 0
         assert calls == ["lenvm/batch"]
     finally:

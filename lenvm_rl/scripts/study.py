@@ -6,6 +6,7 @@ tasks, methods, statistics and report live in :mod:`lenvm_rl.study`.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -30,6 +31,8 @@ def main(config: StudyConfig) -> None:
     if config.status:
         print_status(config)
         return
+    # SIGTERM (kill, a scheduler's time limit, docker stop) unwinds like Ctrl-C, so the run's claims are released
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.time()
     report = run_study(config)
     print_summary(config, report, (time.time() - started) / 60)

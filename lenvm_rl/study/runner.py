@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..io import write_text_atomically
-from .claims import acquire, claim, release
+from .claims import acquire, claim, describe, held, holder, release
 from .tasks import StudyTask, get_task
 
 __all__ = ["StudyConfig", "run_study", "load_results", "print_summary", "DEFAULT_METHODS", "CONFIG_FILE", "RESULT_FILE"]
@@ -704,18 +704,20 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
         return write_report(config, out, load_results(out), stage_seconds={})
     # the data is checked before the settings are recorded: a rejected column must not pin a bad fingerprint
     train_rows, eval_rows = _load_splits(config)
-    _write_json(out / CONFIG_FILE, {"config": asdict(config), "fingerprint": config.fingerprint()})
     torch.set_num_threads(config.threads)
     for noisy in ("transformers", "trl", "datasets", "accelerate", "lenvm_rl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
     runs = [(label, method, coef, seed) for seed in config.seeds for label, method, coef in config.variants()]
     run_names = {run: f"{run[0]} {run[2]:g} seed {run[3]}" for run in runs}
-    # another process on this directory may be running the shared stages: wait, then see what it left done
     from .methods import METHODS, reads_pretrained_task_critic, run_fingerprint
 
+    # another process on this directory may be running the shared stages: wait, then check the settings against
+    # what it recorded and see what it left done
     acquire(out / SETUP_CLAIM, "shared stages", _say)
     try:
+        _check_settings(config, out)
+        _write_json(out / CONFIG_FILE, {"config": asdict(config), "fingerprint": config.fingerprint()})
         finished = _finished_runs(config, out, runs)
         weight = {run: (1.6 if METHODS[run[1]].trainer == "ppo" else 1.0) for run in runs}
         stages = [("warm-up", 0.0 if config.policy != BUILTIN else config.warmup_steps / 150),
@@ -792,7 +794,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             if run in finished or (run_dir / RESULT_FILE).exists():
                 continue
             if not claim(run_dir / RUN_CLAIM):
-                clock.bar.write(f"{run_names[run]}: another process is running it; skipped")
+                clock.bar.write(f"{run_names[run]}: skipped, {describe(holder(run_dir / RUN_CLAIM))} runs it "
+                                f"({run_dir / RUN_CLAIM}; delete that file if the process is gone)")
                 continue
             try:
                 if (run_dir / RESULT_FILE).exists():  # finished between the look and the claim
@@ -812,7 +815,10 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     finally:
         release(out / SETUP_CLAIM)
         clock.close()
-    return write_report(config, out, load_results(out), stage_seconds=clock.seconds)
+    # under the shared claim, from the results as they are now: a process that finishes later reads more of them, so
+    # the report on disk never goes back to fewer runs
+    with held(out / SETUP_CLAIM, "report", _say):
+        return write_report(config, out, load_results(out), stage_seconds=clock.seconds)
 
 
 def _prompt_table(config: StudyConfig, rows: list[dict[str, Any]], tokenizer: Any) -> dict[str, Any]:
@@ -944,7 +950,7 @@ def study_status(config: StudyConfig) -> list[dict[str, Any]]:
     """Each run of ``config`` (in run order) as ``{"run", "state", "minutes", "owner"}``: ``finished`` (with its
     RL and evaluation minutes), ``running`` (the live process holding its claim, and for how long) or ``pending``;
     first a ``shared stages`` row (``done`` once the starting policy is evaluated). Reads the output directory only."""
-    from .claims import holder
+    from .claims import _mine
 
     out = Path(config.output_dir)
     rows = []
@@ -961,7 +967,10 @@ def study_status(config: StudyConfig) -> list[dict[str, Any]]:
                              "minutes": seconds / 60 if seconds is not None else None})
                 continue
             owner = holder(run_dir / RUN_CLAIM)
-            rows.append({"run": name, "state": "running" if owner else "pending", "owner": owner,
+            state = "pending" if owner is None else "running" if _mine(owner) else "running?"
+            if owner is None and (run_dir / RUN_CLAIM).exists():
+                state = "pending (stale claim: its process is gone)"
+            rows.append({"run": name, "state": state, "owner": owner,
                          "minutes": (time.time() - owner["since"]) / 60 if owner and "since" in owner else None})
     return rows
 
@@ -970,6 +979,7 @@ def print_status(config: StudyConfig) -> None:
     """Print :func:`study_status` as a table and a count per state."""
     rows = study_status(config)
     width = max(len(row["run"]) for row in rows)
+    print(f"{'run':<{width}}  {'state':<8}  process, minutes ('running?': claimed on another machine, not checked)")
     for row in rows:
         detail = ""
         if row["owner"]:
@@ -978,7 +988,8 @@ def print_status(config: StudyConfig) -> None:
             detail += f"{', ' if detail else ''}{row['minutes']:.1f} min"
         print(f"{row['run']:<{width}}  {row['state']:<8}  {detail}".rstrip())
     runs = rows[1:]
-    counts = {state: sum(row["state"] == state for row in runs) for state in ("finished", "running", "pending")}
+    counts = {state: sum(row["state"].startswith(state) for row in runs) for state in ("finished", "running",
+                                                                                     "pending")}
     print(f"{len(runs)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
 
 
