@@ -75,6 +75,15 @@ def test_acquire_waits_until_the_owner_is_gone(tmp_path, monkeypatch):
     assert not path.exists()
 
 
+def test_a_claim_from_an_earlier_boot_of_this_host_is_stale(tmp_path):
+    path = tmp_path / ".claim"
+    machine = claims._machine()
+    if machine["boot"] is None:
+        pytest.skip("no boot id on this system")
+    path.write_text(json.dumps({**machine, "boot": "an-earlier-boot", "pid": os.getpid(), "since": 0.0}))
+    assert claims.holder(path) is None and claims.claim(path)
+
+
 def test_a_zombie_or_a_reused_pid_does_not_hold_a_claim(tmp_path):
     path = tmp_path / ".claim"
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])

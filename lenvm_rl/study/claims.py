@@ -5,9 +5,9 @@
 A claim is a file put in place with a hard link (atomic, and failing when the file exists, on a local or NFS disk)
 that names its owner: the machine (host name, boot and pid namespace, so two containers on one host are two
 machines), the pid with the process's start time (so a reused pid is not its owner) and when it was taken. A claim
-whose owner is a dead or zombie process on this machine is stale and taken over, under a lock local to the machine
-(only this machine can take over its own stale claims); a claim from another machine cannot be checked and counts as
-held until its file is removed.
+whose owner is a dead or zombie process on this machine, or any process of an earlier boot of this host, is stale
+and taken over, under a lock local to the machine (only this machine can take over its own stale claims); a claim
+from another machine cannot be checked and counts as held until its file is removed.
 """
 
 from __future__ import annotations
@@ -84,6 +84,10 @@ def holder(path: Path) -> dict | None:
         owner = json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+    machine = _machine()
+    if owner.get("host") == machine["host"] and None not in (owner.get("boot"), machine["boot"]) and (
+            owner.get("boot") != machine["boot"]):
+        return None  # this host rebooted since: every process of the boot that took it is gone
     if _mine(owner) and not _alive(int(owner.get("pid") or -1), owner.get("started")):
         return None
     return owner
