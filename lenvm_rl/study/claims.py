@@ -49,10 +49,16 @@ def _machine() -> dict[str, str | None]:
     return {"host": socket.gethostname(), "boot": _read("/proc/sys/kernel/random/boot_id"), "pidns": namespace}
 
 
+def _stat(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name (state first, start time at index 19), or None off Linux."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[1].split() if stat else None
+
+
 def _process_start(pid: int) -> str | None:
     """The start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22), or None off Linux."""
-    stat = _read(f"/proc/{pid}/stat")
-    return stat.rsplit(")", 1)[1].split()[19] if stat else None
+    fields = _stat(pid)
+    return fields[19] if fields else None
 
 
 def _alive(pid: int, started: str | None) -> bool:
@@ -65,9 +71,8 @@ def _alive(pid: int, started: str | None) -> bool:
         return False
     except PermissionError:  # someone else's process: it exists
         pass
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is not None:
-        fields = stat.rsplit(")", 1)[1].split()
+    fields = _stat(pid)
+    if fields is not None:
         if fields[0] in ("Z", "X") or (started is not None and fields[19] != started):
             return False  # a zombie nobody reaped, or another process that got the pid
     return True
