@@ -140,15 +140,18 @@ def _split_completion(tokens: list[int], eos_ids: set[int]) -> tuple[list[int], 
 
 def sample_completions(model: Any, tokenizer: Any, prompt_ids: list[list[int]], num_samples: int = 1,
                        temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 512,
-                       seed: int = 0, eos_ids: set[int] | None = None) -> list[tuple[list[int], bool]]:
+                       seed: int = 0, eos_ids: set[int] | None = None,
+                       compact: bool = False) -> list[tuple[list[int], bool]]:
     """Sample ``num_samples`` completions for each tokenized prompt with ``model.generate`` (left padding).
 
     Returns, prompt-major, the ``(completion_ids, terminated)`` of every sample: ids are cut after the first EOS
-    (kept), ``terminated`` says whether one was produced. ``temperature=0`` is greedy.
+    (kept), ``terminated`` says whether one was produced. ``temperature=0`` is greedy. ``compact`` decodes with
+    :func:`~lenvm_rl.sampling.decode_compacted` (ended rows leave the batch; the same distribution, another random
+    stream; greedy gives the same tokens).
     """
     from transformers import GenerationConfig, LogitsProcessorList, set_seed
 
-    from .sampling import SamplingWarper
+    from .sampling import SamplingWarper, decode_compacted
 
     eos_ids = eos_ids or _eos_ids(tokenizer, getattr(model, "generation_config", None))
     set_seed(seed)
@@ -180,6 +183,7 @@ def sample_completions(model: Any, tokenizer: Any, prompt_ids: list[list[int]], 
             attention_mask=attention_mask.to(device),
             generation_config=generation_config,
             logits_processor=LogitsProcessorList([warper]) if warper is not None else None,
+            custom_generate=decode_compacted if compact else None,
         )
     generated = output[:, batch["input_ids"].shape[1]:].tolist()
     return [_split_completion(tokens, eos_ids) for tokens in generated]

@@ -1,4 +1,5 @@
-"""Plain sampling's warpers in one logits processor, with a nucleus that avoids sorting the vocabulary.
+"""Plain sampling made cheaper on a CPU: the warpers in one logits processor with a nucleus that avoids sorting the
+vocabulary, and a decoding loop that stops computing the rows that have ended.
 
 transformers' ``TopPLogitsWarper`` sorts every row of the ``(B, V)`` scores at every step. On a CPU with a 49k
 vocabulary at batch 32 that sort costs about as much as a third of SmolLM2-135M's forward pass
@@ -15,10 +16,12 @@ With ``p_r`` the probabilities in descending order and ``D_r = p_0 + … + p_r``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingWarper"]
+__all__ = ["SamplingWarper", "decode_compacted"]
 
 
 class SamplingWarper:
@@ -73,3 +76,73 @@ def _full_nucleus(scores: Tensor, top_p: float) -> Tensor:
     keep = (probs.cumsum(dim=-1) - probs) < top_p
     keep[..., 0] = True
     return torch.full_like(scores, -float("inf")).scatter(-1, order, ordered.masked_fill(~keep, -float("inf")))
+
+
+@torch.no_grad()
+def decode_compacted(model: Any, input_ids: Tensor, logits_processor: Any, stopping_criteria: Any,
+                     generation_config: Any, synced_gpus: bool = False, streamer: Any = None,
+                     **model_kwargs: Any) -> Tensor:
+    """Sampling (or greedy) decoding that drops every row from the batch, and from the KV cache, once it has ended.
+
+    A ``custom_generate`` callable for transformers' ``generate``: ``model.generate(..., custom_generate=
+    decode_compacted)`` prepares the inputs, logits processors (temperature, top-k, top-p, …) and stopping criteria
+    (EOS, max length) as usual, and this loop runs the decoding. ``generate``'s own loop computes every row until the
+    longest one ends; with completions of mean length ``L̄`` against a limit ``L_max``, about ``1 − L̄ / L_max`` of
+    its row-steps produce padding. Here a row leaves the batch (``Cache.batch_select_indices``) at the step it ends,
+    so the batch shrinks as completions finish.
+
+    Each step draws ``x_t ~ softmax(processors(x_<t, logits_t))`` for the rows still running, the distribution
+    ``generate`` samples from (the random stream differs, as fewer rows draw). Greedy decoding picks the same tokens.
+
+    Args:
+        input_ids: ``(B, T)`` left-padded prompts (``generate`` pads them); ``model_kwargs["attention_mask"]``
+            ``(B, T)`` marks the real tokens (``None``: all real).
+    Returns:
+        ``(B, T + n)`` token ids as ``generate`` returns them: the prompts, then each row's completion, padded with
+        ``generation_config.pad_token_id`` after it ended; ``n`` is the longest completion.
+    """
+    from transformers import DynamicCache
+
+    unsupported = {"synced_gpus (ZeRO-3 / FSDP generation)": synced_gpus, "a streamer": streamer is not None,
+                   "return_dict_in_generate": generation_config.return_dict_in_generate,
+                   "beam search": (generation_config.num_beams or 1) > 1,
+                   "encoder-decoder models": model.config.is_encoder_decoder}
+    refused = [name for name, used in unsupported.items() if used]
+    if refused:
+        raise ValueError(f"decode_compacted does not support {', '.join(refused)}: use generate's own decoding")
+    batch, width = input_ids.shape
+    attention = model_kwargs.get("attention_mask")
+    if attention is None:
+        attention = torch.ones_like(input_ids)
+    pad = generation_config._pad_token_tensor
+    pad = int(pad) if pad is not None else 0
+    positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    next_position = positions[:, -1] + 1
+    alive = torch.arange(batch, device=input_ids.device)
+    running = input_ids  # the rows still decoding, in full: processors such as repetition penalty read them
+    columns: list[Tensor] = []  # per step, (B,) tokens with pad for rows that had already ended
+    while True:
+        scores = logits_processor(running, logits.float())
+        if generation_config.do_sample:
+            tokens = torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
+        else:
+            tokens = scores.argmax(dim=-1)
+        running = torch.cat([running, tokens[:, None]], dim=-1)
+        column = torch.full((batch,), pad, dtype=input_ids.dtype, device=input_ids.device)
+        columns.append(column.index_copy_(0, alive, tokens))
+        ended = stopping_criteria(running, scores)
+        if bool(ended.all()):
+            break
+        if bool(ended.any()):
+            keep = (~ended).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            alive, running, tokens = alive[keep], running[keep], tokens[keep]
+            attention, next_position = attention[keep], next_position[keep]
+        attention = torch.cat([attention, attention.new_ones(len(alive), 1)], dim=-1)
+        logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_position[:, None],
+                       cache=cache, use_cache=True).logits[:, -1]
+        next_position = next_position + 1
+    return torch.cat([input_ids, torch.stack(columns, dim=1)], dim=-1)

@@ -65,6 +65,9 @@ def test_tiny_study_end_to_end(finished):
         assert "greedy_accuracy" in row and "check_rate" in row
     assert (finished / "accuracy_vs_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (finished / "critic" / "config.json").exists()
+    # the critic's weights are recorded, so one rebuilt from a fresh clone can be checked against them
+    recorded = json.loads((finished / "critic_metrics.json").read_text())["weights_sha256"]
+    assert recorded == study_job._weights_digest(finished / "critic") and len(recorded) == 16
 
 
 def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_path, monkeypatch, capsys):
@@ -326,7 +329,7 @@ def test_the_long_task_runs_through_the_same_harness_and_its_preregistration_kee
 def test_a_lora_study_on_chat_prompts_with_its_own_tokenizer(tmp_path, tiny_model_dir, capsys):
     """The real-model path on a tiny model: chat-message prompts with an answer column, a reward reading it, a
     tokenizer from its own directory, LoRA adapters through TRL's peft_config (recorded per run: a small fraction
-    of the parameters trains), nucleus sampling, and the LenVM critic given as a directory."""
+    of the parameters trains), nucleus sampling, compacted decoding, and the LenVM critic given as a directory."""
     from transformers import AutoTokenizer
 
     from lenvm_rl import LengthValueModel
@@ -346,6 +349,7 @@ def test_a_lora_study_on_chat_prompts_with_its_own_tokenizer(tmp_path, tiny_mode
                           difficulty_column=None, eval_prompts=4, reward_funcs=["arithmetic_correctness"],
                           use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"], top_p=0.9,
                           max_completion_length=12, eval_greedy=False, normalizations=None,
+                          compact_generation=True,
                           headline_method="lenvm", methods={"none": {"method": "none"},
                                                             "lenvm": {"method": "lenvm", "grid": [0.5]}})
     assert main(["study", "--config", str(recipe)]) == 0
@@ -355,6 +359,7 @@ def test_a_lora_study_on_chat_prompts_with_its_own_tokenizer(tmp_path, tiny_mode
         assert 0 < result["trainable_parameters"] < 0.2 * result["parameters"]
     saved = json.loads((out / "study_config.json").read_text())["fingerprint"]
     assert saved["use_peft"] is True and saved["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert saved["compact_generation"] is True
     assert all(len(r["eval"]["correct"]) == 4 for r in results)  # the held-out file, all of it
     # a held-out file that repeats training prompts is refused, naming it
     held_out.write_text(data.read_text().splitlines()[0] + "\n")
@@ -390,3 +395,14 @@ def test_a_confirmatory_recipe_carries_every_run_setting_of_its_sweep():
                           if name.startswith(("warmup_", "critic_", "task_critic_"))}
     missing = set(study_job._RUN_FIELDS) - set(_SHARED) - written - built_by_the_sweep
     assert not missing, missing
+
+
+def test_a_rebuilt_critic_that_differs_from_the_recorded_one_is_reported(finished, tmp_path, capsys):
+    record = tmp_path / "critic_metrics.json"
+    digest = study_job._weights_digest(finished / "critic")
+    record.write_text(json.dumps({"weights_sha256": digest}))
+    assert study_job._checked_critic_digest(finished / "critic", record) == digest
+    assert "warning" not in capsys.readouterr().err
+    record.write_text(json.dumps({"weights_sha256": "0" * 16}))
+    assert study_job._checked_critic_digest(finished / "critic", record) == digest
+    assert f"(weights {digest}) is not the one {record} records ({'0' * 16})" in capsys.readouterr().err

@@ -22,7 +22,7 @@ _SHARED = ("task", "dataset", "train_split", "eval_split", "prompt_column", "dif
            "rl_learning_rate", "rl_temperature", "rl_beta", "max_completion_length", "eval_temperature",
            "eval_greedy", "accuracy_drops", "threads", "eval_dataset", "tokenizer_name_or_path", "top_p", "use_peft",
            "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bf16", "use_vllm", "eval_guided",
-           "budget_column")
+           "budget_column", "compact_generation", "gradient_checkpointing")
 
 
 @dataclass

@@ -38,6 +38,7 @@ def evaluate_policy(
     critic: Any | None = None,
     guided_top_k: int = 8,
     top_p: float = 1.0,
+    compact: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-prompt metrics of ``model`` on ``rows`` (each a dataset row holding ``prompt_column`` and the columns the
     reward function reads, passed to it as keyword lists the way TRL does).
@@ -45,7 +46,8 @@ def evaluate_policy(
     Returns ``(P,)`` arrays: ``correct`` (fraction of the ``num_samples`` completions whose correctness reward is
     ``≥ threshold``), ``tokens`` (their mean length), ``terminated`` (fraction that ended with EOS), and for every key
     ``k`` that ``structure(text)`` reports, ``k`` (the fraction of completions that hold it). ``temperature=0`` is
-    greedy (then use ``num_samples=1``); ``top_p`` is nucleus sampling. ``prefix(row)``, when given, is text forced
+    greedy (then use ``num_samples=1``); ``top_p`` is nucleus sampling; ``compact`` decodes with
+    :func:`~lenvm_rl.sampling.decode_compacted`. ``prefix(row)``, when given, is text forced
     at the start of every completion (it counts toward the completion, its tokens toward the length).
 
     With ``budget_column`` (rows holding a token budget ``N``), also: ``within_budget`` (fraction with ``L ≤ N``),
@@ -89,7 +91,7 @@ def evaluate_policy(
         else:
             samples = sample_completions(model, tokenizer, prompt_ids, num_samples=num_samples,
                                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                         seed=seed + start)
+                                         seed=seed + start, compact=compact)
         texts, lengths, ended, fulls = [], [], [], []
         for index, (ids, done) in enumerate(samples):
             full = forced[index // num_samples] + list(ids)

@@ -76,7 +76,8 @@ _RUN_FIELDS = ("task", "policy", "dataset", "eval_dataset", "train_split", "eval
                "rl_temperature", "rl_beta", "max_completion_length", "eval_prompts", "eval_samples",
                "eval_temperature", "eval_greedy", "eval_guided", "budget_column", "data_seed",
                "tokenizer_name_or_path", "top_p",
-               "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bf16", "use_vllm")
+               "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bf16", "use_vllm",
+               "compact_generation")
 # the LoRA options a study ignores without use_peft
 _LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
@@ -117,6 +118,16 @@ class StudyConfig:
     )
     bf16: bool = field(default=False, metadata={"help": "Train in bf16 (a GPU)."})
     use_vllm: bool = field(default=False, metadata={"help": "Generate RL rollouts with vLLM (where installed)."})
+    compact_generation: bool = field(
+        default=False,
+        metadata={"help": "Decode RL completions and sampled evaluations with lenvm_rl.sampling.decode_compacted: a "
+                          "completion leaves the batch when it ends instead of being computed until the longest one "
+                          "does (the same distribution, another random stream). A run setting."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in the RL backward pass (TRL's GRPOConfig default, to save GPU "
+                          "memory; off here, since a study's policies are small and it costs a forward pass). "
+                          "Not a run setting: it changes speed and memory, not the result."})
     eval_dataset: str | None = field(
         default=None,
         metadata={"help": "Held-out evaluation prompts in a file or directory of their own (its eval_split when it has "
@@ -489,6 +500,28 @@ def _warm_up(config: StudyConfig, out: Path) -> Path:
     return policy
 
 
+def _weights_digest(model_dir: Path) -> str:
+    """SHA-256 (16 hex digits) of a saved model's safetensors files, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _checked_critic_digest(critic: Path, recorded_in: Path) -> str:
+    """The critic's weights digest; says so when it differs from the one recorded in ``recorded_in`` (a critic
+    rebuilt from a fresh clone, where only the study's small files were kept, is compared with the one the finished
+    runs used: rollouts and training are seeded, so on the same software they match)."""
+    digest = _weights_digest(critic)
+    recorded = json.loads(recorded_in.read_text()).get("weights_sha256") if recorded_in.exists() else None
+    if recorded is not None and recorded != digest:
+        _say(f"warning: the critic in {critic} (weights {digest}) is not the one {recorded_in} records ({recorded}): "
+             "finished runs used that one; runs from now on use this one")
+    return digest
+
+
 def _train_critic(config: StudyConfig, policy: Path, train_rows: list[dict[str, Any]], out: Path) -> tuple[str, dict]:
     """Rollouts of the starting policy → a LenVM critic (γ auto) → its held-out metrics (``lenvm-rl fit-critic``
     on a sample of the training prompts)."""
@@ -534,7 +567,7 @@ def _evaluate(config: StudyConfig, model: Any, tokenizer: Any, rows: list[dict[s
     structure = task.structure if task is not None and task.segments else None
     common = {"max_new_tokens": config.max_completion_length, "prompt_column": config.prompt_column,
               "threshold": config.success_threshold, "structure": structure,
-              "budget_column": config.budget_column_name()}
+              "budget_column": config.budget_column_name(), "compact": config.compact_generation}
     sampled = evaluate_policy(model, tokenizer, rows, correctness, num_samples=config.eval_samples,
                               temperature=config.eval_temperature, seed=seed, top_p=config.top_p, **common)
     result = {key: value.tolist() for key, value in sampled.items()}
@@ -599,6 +632,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
         num_generations=config.rl_generations, max_completion_length=config.max_completion_length,
         temperature=config.rl_temperature, top_p=config.top_p, learning_rate=config.rl_learning_rate,
         beta=config.rl_beta, use_cpu=config.device == "cpu", bf16=config.bf16, use_vllm=config.use_vllm,
+        compact_generation=config.compact_generation, gradient_checkpointing=config.gradient_checkpointing,
         report_to="none", logging_steps=max(1, config.rl_steps // 10), save_strategy="no", seed=seed,
         **plan.overrides)
     started = time.time()
@@ -616,7 +650,8 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
         [s for s in config.eval_at_steps or [] if 0 < s < config.rl_steps], eval_rows, task_rewards[0],
         num_samples=config.eval_samples, temperature=config.eval_temperature, seed=seed,
         max_new_tokens=config.max_completion_length, prompt_column=config.prompt_column,
-        threshold=config.success_threshold, budget_column=budget_column, top_p=config.top_p)
+        threshold=config.success_threshold, budget_column=budget_column, top_p=config.top_p,
+        compact=config.compact_generation)
     trainer.add_callback(curve)
     trainer.train()
     train_seconds = time.time() - started - curve.seconds
@@ -761,6 +796,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                 task = config.builtin_task()
                 if task is not None and "decisions" not in critic_metrics:
                     critic_metrics["decisions"] = _critic_at_decisions(task, critic, out / "rollouts")
+                critic_metrics["weights_sha256"] = _checked_critic_digest(Path(critic), out / "critic_metrics.json")
                 _write_json(out / "critic_metrics.json", critic_metrics)
 
         if needs_task_critic:

@@ -40,6 +40,7 @@ the tested TRL minor version is pinned in ``pyproject.toml`` and the seam's sign
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -73,6 +74,7 @@ from ..length_math import (
     value_to_length,
 )
 from ..modeling import LengthValueModel, unwrap_critic
+from ..sampling import decode_compacted
 from ..signals import LengthCritic, terminated_mask
 from ._seam import check_trl_seam
 
@@ -260,6 +262,13 @@ class LenVMGRPOConfig(GRPOConfig):
         metadata={"help": "Keep regressing the critic on each generation batch (advantage mode only)."},
     )
     critic_learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the critic refresh."})
+    compact_generation: bool = field(
+        default=False,
+        metadata={"help": "transformers generation only: decode with lenvm_rl.sampling.decode_compacted, which drops "
+                          "each completion from the batch and the KV cache once it ends (the same distribution; "
+                          "generate computes every row until the longest ends). Faster where completions stop well "
+                          "before max_completion_length, as on a CPU."},
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -284,6 +293,10 @@ class LenVMGRPOConfig(GRPOConfig):
                    "length_estimator": LENGTH_ESTIMATORS, "task_credit": TASK_CREDITS, "length_charge": LENGTH_CHARGES,
                    "task_credit_centering": TASK_CREDIT_CENTERINGS,
                    "length_gate_failed": GATE_FAILED, "length_coef_schedule": COEF_SCHEDULES}
+        if self.compact_generation and (self.use_vllm or self.use_transformers_continuous_batching):
+            engine = "use_vllm" if self.use_vllm else "use_transformers_continuous_batching"
+            raise ValueError(f"compact_generation replaces transformers' generate loop; {engine} generates with "
+                             "its own engine: set one of them")
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -428,7 +441,14 @@ class LenVMGRPOTrainer(GRPOTrainer):
             process_critic, process_tokenizer = _load_frozen_task_critic(args)
             if _zero3_enabled():
                 _check_critic_for_zero3(process_critic, args.critic_zero3)
+        if args.compact_generation and _zero3_enabled():
+            raise ValueError("compact_generation cannot run under ZeRO-3: every process must run the same number of "
+                             "forward passes to gather the sharded weights (synced_gpus); turn it off")
         super().__init__(model, reward_funcs, args, **kwargs)
+        if args.compact_generation:
+            # TRL's transformers path calls generate on the model it unwraps for generation, which is self.model
+            # (DeepSpeed and DDP wrap it, and unwrap back to it): its generate decodes with the compacted loop
+            self.model.generate = functools.partial(self.model.generate, custom_generate=decode_compacted)
         self.gate_reward_indices = self._resolve_gate_reward_funcs()
         self._check_gate_reads_scores(args)
         self.length_critic: LengthCritic | None = None
