@@ -406,3 +406,39 @@ def test_a_rebuilt_critic_that_differs_from_the_recorded_one_is_reported(finishe
     record.write_text(json.dumps({"weights_sha256": "0" * 16}))
     assert study_job._checked_critic_digest(finished / "critic", record) == digest
     assert f"(weights {digest}) is not the one {record} records ({'0' * 16})" in capsys.readouterr().err
+
+
+def test_while_another_process_holds_the_shared_stages_the_runs_that_need_none_of_them_go_ahead(
+        finished, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    for result in (out / "runs").rglob("result.json"):
+        result.unlink()
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(out))
+    # it holds the stages for a while only: were nothing run meanwhile, the study would wait for it, then fail
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(90)"])
+    calls = []
+    real_run = study_job._rl_run
+
+    def run_and_note(*args, **kwargs):
+        calls.append((args[1], other.poll() is None))  # (variant, did the other process still hold the stages?)
+        result = real_run(*args, **kwargs)
+        if len(calls) == 2:  # the shared stages' holder goes away after the two runs that need no critic
+            other.kill()
+            other.wait()
+        return result
+
+    monkeypatch.setattr(study_job, "_rl_run", run_and_note)
+    try:
+        (out / study_job.SETUP_CLAIM).write_text(json.dumps({**claims._machine(), "pid": other.pid, "since": 0.0}))
+        capsys.readouterr()
+        assert main(["study", "--config", str(recipe)]) == 0
+    finally:
+        other.kill()
+        other.wait()
+    assert "meanwhile running the 2 pending run(s) that need none of them" in capsys.readouterr().err
+    # the critic-free runs went ahead under the other process's claim; the LenVM run waited for the shared stages
+    assert calls == [("none", True), ("linear/batch", True), ("lenvm/batch", False)]
+    assert numbers(out) == numbers(finished)

@@ -1,6 +1,6 @@
 """Claims that let several ``lenvm-rl study`` processes share one output directory: start the same command twice
 (or on two machines over a shared disk) and each process takes the next run nobody holds, while the shared stages
-(warm-up, critic, starting policy) run once and the others wait for them.
+(warm-up, critic, starting policy) run once; the others meanwhile run the runs that need none of them, then wait.
 
 A claim is a file put in place with a hard link (atomic, and failing when the file exists, on a local or NFS disk)
 that names its owner: the machine (host name, boot and pid namespace, so two containers on one host are two

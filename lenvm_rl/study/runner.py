@@ -722,6 +722,26 @@ def load_results(out: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in sorted((out / "runs").rglob(RESULT_FILE))]
 
 
+def _policy_dir(config: StudyConfig, out: Path) -> Path:
+    return out / "policy" if config.policy == BUILTIN else Path(config.policy)
+
+
+def _independent_runs(config: StudyConfig, out: Path, runs: list[tuple[str, str, float, int]]
+                      ) -> list[tuple[str, str, float, int]]:
+    """The pending runs of ``runs`` that need no shared stage still to come: no critic, no pretrained task critic,
+    no guided evaluation, and a starting policy already on disk. Only when the settings the shared stages' holder
+    recorded are the recipe's (it records them first); otherwise none."""
+    from .methods import METHODS, reads_pretrained_task_critic
+
+    policy_ready = (_policy_dir(config, out) / "config.json").exists()
+    if config.eval_guided or not (out / CONFIG_FILE).exists() or not policy_ready:
+        return []
+    _check_settings(config, out)
+    return [run for run in runs if not METHODS[run[1]].uses_critic
+            and not reads_pretrained_task_critic(config.methods[run[0]])
+            and not (_run_dir(out, run[0], run[2], run[3]) / RESULT_FILE).exists()]
+
+
 def run_study(config: StudyConfig) -> dict[str, Any]:
     """Run every missing (variant, coefficient, seed) of ``config``, then write the report. Returns the report's
     numbers (also in ``report.json``)."""
@@ -747,9 +767,51 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     run_names = {run: f"{run[0]} {run[2]:g} seed {run[3]}" for run in runs}
     from .methods import METHODS, reads_pretrained_task_critic, run_fingerprint
 
-    # another process on this directory may be running the shared stages: wait, then check the settings against
-    # what it recorded and see what it left done
-    acquire(out / SETUP_CLAIM, "shared stages", _say)
+    def _run_each(selected: list[tuple[str, str, float, int]], finished: set[tuple[str, str, float, int]],
+                  clock: StageClock, policy: Path, critic: str | None) -> None:
+        """Every run of ``selected`` that is not finished and that no other process holds, one claim each."""
+        for run in selected:
+            label, method, coef, seed = run
+            run_dir = _run_dir(out, label, coef, seed)
+            # another process on the same directory may have finished it meanwhile, or be running it now
+            if run in finished or (run_dir / RESULT_FILE).exists():
+                continue
+            if not claim(run_dir / RUN_CLAIM):
+                clock.bar.write(f"{run_names[run]}: skipped, {describe(holder(run_dir / RUN_CLAIM))} runs it "
+                                f"({run_dir / RUN_CLAIM}; delete that file if the process is gone)")
+                continue
+            try:
+                if (run_dir / RESULT_FILE).exists():  # finished between the look and the claim
+                    continue
+                name = run_names[run]
+                started = clock.start(name)
+                result = _rl_run(config, label, method, coef, seed, policy, critic, train_rows, eval_rows,
+                                 task_rewards, out)
+                result["fingerprint"] = hashlib.sha256(json.dumps(config.fingerprint(), sort_keys=True).encode()
+                                                       ).hexdigest()[:16]
+                result["run"] = run_fingerprint(config.methods[label], coef)
+                _write_json(run_dir / RESULT_FILE, result)
+                clock.finish(name, started)
+                _write_results_jsonl(config, out)
+            finally:
+                release(run_dir / RUN_CLAIM)
+
+    # another process on this directory may be running the shared stages: meanwhile, run what needs none of them
+    # (no critic, no task critic, a policy that exists), then wait, check the settings against what it recorded and
+    # see what it left done
+    meanwhile_seconds: dict[str, float] = {}
+    if not claim(out / SETUP_CLAIM):
+        independent = _independent_runs(config, out, runs)
+        if independent:
+            _say(f"shared stages: {describe(holder(out / SETUP_CLAIM))} holds {out / SETUP_CLAIM}; meanwhile running "
+                 f"the {len(independent)} pending run(s) that need none of them")
+            clock = StageClock([(run_names[run], 1.0) for run in independent], set())
+            try:
+                _run_each(independent, set(), clock, _policy_dir(config, out), None)
+            finally:
+                clock.close()
+                meanwhile_seconds = clock.seconds
+        acquire(out / SETUP_CLAIM, "shared stages", _say)
     try:
         _check_settings(config, out)
         _write_json(out / CONFIG_FILE, {"config": asdict(config), "fingerprint": config.fingerprint()})
@@ -771,12 +833,13 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
         if not needs_task_critic:
             done.add("task critic")
         clock = StageClock(stages, done)
+        clock.seconds.update(meanwhile_seconds)
     except BaseException:  # a refused rerun must not leave the shared stages claimed
         release(out / SETUP_CLAIM)
         raise
     try:
         started = clock.start("warm-up")
-        policy = _warm_up(config, out) if config.policy == BUILTIN else Path(config.policy)
+        policy = _warm_up(config, out) if config.policy == BUILTIN else _policy_dir(config, out)
         if config.policy != BUILTIN and not (policy / "config.json").exists():
             raise FileNotFoundError(f"policy {policy} does not exist (expected a directory with config.json)")
         if "warm-up" not in done:
@@ -823,31 +886,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             _write_json(out / "eval_prompts.json", _prompt_table(config, eval_rows, tokenizer))
         release(out / SETUP_CLAIM)
 
-        for run in runs:
-            label, method, coef, seed = run
-            run_dir = _run_dir(out, label, coef, seed)
-            # another process on the same directory may have finished it meanwhile, or be running it now
-            if run in finished or (run_dir / RESULT_FILE).exists():
-                continue
-            if not claim(run_dir / RUN_CLAIM):
-                clock.bar.write(f"{run_names[run]}: skipped, {describe(holder(run_dir / RUN_CLAIM))} runs it "
-                                f"({run_dir / RUN_CLAIM}; delete that file if the process is gone)")
-                continue
-            try:
-                if (run_dir / RESULT_FILE).exists():  # finished between the look and the claim
-                    continue
-                name = run_names[run]
-                started = clock.start(name)
-                result = _rl_run(config, label, method, coef, seed, policy, critic, train_rows, eval_rows,
-                                 task_rewards, out)
-                result["fingerprint"] = hashlib.sha256(json.dumps(config.fingerprint(), sort_keys=True).encode()
-                                                       ).hexdigest()[:16]
-                result["run"] = run_fingerprint(config.methods[label], coef)
-                _write_json(run_dir / RESULT_FILE, result)
-                clock.finish(name, started)
-                _write_results_jsonl(config, out)
-            finally:
-                release(run_dir / RUN_CLAIM)
+        _run_each(runs, finished, clock, policy, critic)
     finally:
         release(out / SETUP_CLAIM)
         clock.close()
