@@ -16,6 +16,7 @@ With ``p_r`` the probabilities in descending order and ``D_r = p_0 + … + p_r``
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -118,8 +119,10 @@ def decode_compacted(model: Any, input_ids: Tensor, logits_processor: Any, stopp
     pad = int(pad) if pad is not None else 0
     positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
+    # the prompt's last position only: (B, T, V) prefill logits would be gigabytes at an evaluation's batch
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
-                   use_cache=True, logits_to_keep=1).logits[:, -1]
+                   use_cache=True, **last_only).logits[:, -1]
     next_position = positions[:, -1] + 1
     alive = torch.arange(batch, device=input_ids.device)
     running = input_ids  # the rows still decoding, in full: processors such as repetition penalty read them

@@ -62,6 +62,17 @@ def test_greedy_decoding_equals_generate_when_rows_end_at_different_steps(model_
             assert (row[end + 1:] == tokenizer.pad_token_id).all()
 
 
+@pytest.mark.parametrize("architecture", ["qwen2", "gpt2"])  # gpt2: learned absolute positions
+def test_greedy_decoding_equals_generate_on_other_architectures(tiny_model_dirs, model_and_prompts, architecture):
+    _, tokenizer, batch = model_and_prompts
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[architecture]).eval()
+    eos = _frequent_tokens(model, tokenizer, batch)
+    settings = {"max_new_tokens": 16, "do_sample": False, "eos_token_id": eos, **DISTINCT}
+    ours = _generate(model, tokenizer, batch, 0, True, **settings)
+    assert torch.equal(ours, _generate(model, tokenizer, batch, 0, False, **settings))
+    assert (ours[:, batch["input_ids"].shape[1]:] == tokenizer.pad_token_id).any()  # some row ended early
+
+
 def test_sampling_draws_generates_tokens_while_no_row_has_ended(model_and_prompts):
     # before a row ends both loops draw one multinomial over the same (B, V) probabilities: the same tokens
     model, tokenizer, batch = model_and_prompts

@@ -634,6 +634,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
         beta=config.rl_beta, use_cpu=config.device == "cpu", bf16=config.bf16, use_vllm=config.use_vllm,
         compact_generation=config.compact_generation, gradient_checkpointing=config.gradient_checkpointing,
         report_to="none", logging_steps=max(1, config.rl_steps // 10), save_strategy="no", seed=seed,
+        disable_tqdm=False,  # the step bar under the study bar (quiet transformers logging would turn it off)
         **plan.overrides)
     started = time.time()
     from transformers import AutoTokenizer
