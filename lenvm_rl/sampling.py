@@ -16,7 +16,6 @@ With ``p_r`` the probabilities in descending order and ``D_r = p_0 + … + p_r``
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -79,6 +78,49 @@ def _full_nucleus(scores: Tensor, top_p: float) -> Tensor:
     return torch.full_like(scores, -float("inf")).scatter(-1, order, ordered.masked_fill(~keep, -float("inf")))
 
 
+# Logits processors that read only the rows they are given (of the rows and step they see): they stay right on a batch
+# that shrinks. A processor with per-row state of its own (classifier-free guidance, watermarks, prefix constraints
+# indexed by batch position, LenVM guidance) does not, and is refused.
+_ROW_INDEPENDENT = ("TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper", "MinPLogitsWarper",
+                    "TopHLogitsWarper", "TypicalLogitsWarper", "EpsilonLogitsWarper", "EtaLogitsWarper",
+                    "NoRepeatNGramLogitsProcessor", "MinLengthLogitsProcessor", "MinNewTokensLengthLogitsProcessor",
+                    "SuppressTokensLogitsProcessor", "SuppressTokensAtBeginLogitsProcessor",
+                    "NoBadWordsLogitsProcessor", "SequenceBiasLogitsProcessor", "InfNanRemoveLogitsProcessor",
+                    "ForcedEOSTokenLogitsProcessor", "ForcedBOSTokenLogitsProcessor", "ExponentialDecayLengthPenalty",
+                    "LogitNormalization", "RepetitionPenaltyLogitsProcessor")
+# what generate prepares for a text-only decoder; anything else (images, token types, embeddings) is refused
+_MODEL_INPUTS = {"attention_mask", "position_ids", "logits_to_keep", "use_cache", "cache", "past_key_values"}
+
+
+def _refusals(model: Any, logits_processor: Any, generation_config: Any, model_kwargs: dict[str, Any]) -> list[str]:
+    import torch.distributed as dist
+    from transformers.generation import logits_process
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    from transformers.integrations.fsdp import is_fsdp_managed_module
+
+    # transformers hands a custom loop synced_gpus only when it names a parameter _sample lacks: decide it here
+    sharded = is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model)
+    refused = {"sharded generation across processes (ZeRO-3 or FSDP)":
+               sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1,
+               "return_dict_in_generate": generation_config.return_dict_in_generate,
+               "beam search": (generation_config.num_beams or 1) > 1,
+               "encoder-decoder models": model.config.is_encoder_decoder,
+               f"cache_implementation={generation_config.cache_implementation!r}":
+               generation_config.cache_implementation not in (None, "dynamic")}
+    problems = [name for name, used in refused.items() if used]
+    extra = sorted(set(model_kwargs) - _MODEL_INPUTS)
+    if extra:
+        problems.append(f"the model inputs {extra}")
+    given = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
+    if given is not None and given.get_seq_length() > 0:
+        problems.append("a cache that already holds tokens")
+    row_independent = tuple(getattr(logits_process, name) for name in _ROW_INDEPENDENT) + (SamplingWarper,)
+    stateful = [type(p).__name__ for p in logits_processor or [] if not isinstance(p, row_independent)]
+    if stateful:
+        problems.append(f"logits processors that keep per-row state {stateful}")
+    return problems
+
+
 @torch.no_grad()
 def decode_compacted(model: Any, input_ids: Tensor, logits_processor: Any, stopping_criteria: Any,
                      generation_config: Any, synced_gpus: bool = False, streamer: Any = None,
@@ -95,6 +137,11 @@ def decode_compacted(model: Any, input_ids: Tensor, logits_processor: Any, stopp
     Each step draws ``x_t ~ softmax(processors(x_<t, logits_t))`` for the rows still running, the distribution
     ``generate`` samples from (the random stream differs, as fewer rows draw). Greedy decoding picks the same tokens.
 
+    For text-only decoders with a dynamic KV cache (full or sliding-window attention) on one process or data-parallel
+    ones. Refused, naming what: beam search, encoder-decoder models, other cache implementations, extra model inputs
+    (images, token types), sharded generation (ZeRO-3, FSDP), and logits processors with per-row state of their own.
+    A streamer is not fed.
+
     Args:
         input_ids: ``(B, T)`` left-padded prompts (``generate`` pads them); ``model_kwargs["attention_mask"]``
             ``(B, T)`` marks the real tokens (``None``: all real).
@@ -103,14 +150,12 @@ def decode_compacted(model: Any, input_ids: Tensor, logits_processor: Any, stopp
         ``generation_config.pad_token_id`` after it ended; ``n`` is the longest completion.
     """
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-    unsupported = {"synced_gpus (ZeRO-3 / FSDP generation)": synced_gpus, "a streamer": streamer is not None,
-                   "return_dict_in_generate": generation_config.return_dict_in_generate,
-                   "beam search": (generation_config.num_beams or 1) > 1,
-                   "encoder-decoder models": model.config.is_encoder_decoder}
-    refused = [name for name, used in unsupported.items() if used]
-    if refused:
-        raise ValueError(f"decode_compacted does not support {', '.join(refused)}: use generate's own decoding")
+    problems = _refusals(model, logits_processor, generation_config, model_kwargs)
+    if problems:
+        raise ValueError(f"decode_compacted does not support {'; '.join(problems)}: use generate's own decoding")
     batch, width = input_ids.shape
     attention = model_kwargs.get("attention_mask")
     if attention is None:
@@ -119,13 +164,19 @@ def decode_compacted(model: Any, input_ids: Tensor, logits_processor: Any, stopp
     pad = int(pad) if pad is not None else 0
     positions = (attention.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    # the prompt's last position only: (B, T, V) prefill logits would be gigabytes at an evaluation's batch
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    # the prompt's last position only, where generate found the model takes it: (B, T, V) prefill logits would be
+    # gigabytes at an evaluation's batch
+    last_only = {"logits_to_keep": model_kwargs["logits_to_keep"]} if "logits_to_keep" in model_kwargs else {}
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, cache=cache,
                    use_cache=True, **last_only).logits[:, -1]
+    unsupported = sorted({type(layer).__name__ for layer in cache.layers
+                          if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer)})
+    if unsupported:  # e.g. linear-attention states, which a row selection would leave behind
+        raise ValueError(f"decode_compacted cannot drop rows from the cache layers {unsupported} of "
+                         f"{type(model).__name__}: use generate's own decoding")
     next_position = positions[:, -1] + 1
     alive = torch.arange(batch, device=input_ids.device)
-    running = input_ids  # the rows still decoding, in full: processors such as repetition penalty read them
+    running = input_ids  # the rows still decoding, in full: processors such as no-repeat n-grams read them
     columns: list[Tensor] = []  # per step, (B,) tokens with pad for rows that had already ended
     while True:
         scores = logits_processor(running, logits.float())
@@ -133,6 +184,7 @@ def decode_compacted(model: Any, input_ids: Tensor, logits_processor: Any, stopp
             tokens = torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
         else:
             tokens = scores.argmax(dim=-1)
+        tokens = tokens.to(input_ids.dtype)
         running = torch.cat([running, tokens[:, None]], dim=-1)
         column = torch.full((batch,), pad, dtype=input_ids.dtype, device=input_ids.device)
         columns.append(column.index_copy_(0, alive, tokens))
@@ -144,6 +196,10 @@ def decode_compacted(model: Any, input_ids: Tensor, logits_processor: Any, stopp
             cache.batch_select_indices(keep)
             alive, running, tokens = alive[keep], running[keep], tokens[keep]
             attention, next_position = attention[keep], next_position[keep]
+            for processor in logits_processor or []:  # the one per-row setting of a row-independent processor
+                if isinstance(processor, RepetitionPenaltyLogitsProcessor) and isinstance(
+                        processor.prompt_ignore_length, Tensor):
+                    processor.prompt_ignore_length = processor.prompt_ignore_length[keep]
         attention = torch.cat([attention, attention.new_ones(len(alive), 1)], dim=-1)
         logits = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_position[:, None],
                        cache=cache, use_cache=True).logits[:, -1]

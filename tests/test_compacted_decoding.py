@@ -36,10 +36,10 @@ def _generate(model, tokenizer, batch, seed, compacted, **settings):
 DISTINCT = {"no_repeat_ngram_size": 1}
 
 
-def _frequent_tokens(model, tokenizer, batch):
+def _frequent_tokens(model, tokenizer, batch, **settings):
     """Tokens greedy decoding emits at different steps of different rows: used as EOS, rows end at different times."""
     free = _generate(model, tokenizer, batch, 0, False, max_new_tokens=16, do_sample=False, eos_token_id=None,
-                     **DISTINCT)
+                     **{**DISTINCT, **settings})
     width = batch["input_ids"].shape[1]
     return sorted({int(free[0, width + 2]), int(free[2, width + 9])})
 
@@ -101,6 +101,31 @@ def test_sampled_rows_end_on_eos_and_the_output_is_as_long_as_the_longest(model_
     assert min(lengths) < max(lengths)
 
 
+def test_a_logits_processor_with_per_row_state_is_refused(model_and_prompts):
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class CountsRows(LogitsProcessor):  # unknown to the loop: it might index its state by batch position
+        def __call__(self, input_ids, scores):
+            return scores
+
+    model, tokenizer, batch = model_and_prompts
+    config = GenerationConfig(max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match=r"logits processors that keep per-row state \['CountsRows'\]"):
+        model.generate(**batch, generation_config=config, logits_processor=LogitsProcessorList([CountsRows()]),
+                       custom_generate=decode_compacted)
+
+
+def test_a_repetition_penalty_over_left_padded_prompts_follows_the_dropped_rows(model_and_prompts):
+    # transformers gives the penalty one prompt length per row; the loop keeps it aligned with the rows left
+    model, tokenizer, batch = model_and_prompts
+    penalty = {"repetition_penalty": 1.3}
+    eos = _frequent_tokens(model, tokenizer, batch, **penalty)
+    settings = {"max_new_tokens": 16, "do_sample": False, "eos_token_id": eos, **DISTINCT, **penalty}
+    ours = _generate(model, tokenizer, batch, 0, True, **settings)
+    assert torch.equal(ours, _generate(model, tokenizer, batch, 0, False, **settings))
+    assert (ours[:, batch["input_ids"].shape[1]:] == tokenizer.pad_token_id).any()  # rows were dropped
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"num_beams": 2, "do_sample": False}, "beam search"),
     ({"return_dict_in_generate": True, "do_sample": False}, "return_dict_in_generate"),
@@ -135,6 +160,8 @@ def test_grpo_generates_through_the_compacted_loop(tiny_model_dir, tmp_path, mon
                                train_dataset=Dataset.from_list([{"prompt": f"add: {i}"} for i in range(16)]))
     trainer.train()
     assert calls == [8, 8]  # one generation batch of 8 completions per step
+    # for TRL's generation only: afterwards (evaluations, guided decoding) generate runs its own loop again
+    assert "generate" not in vars(trainer.model)
     lengths = [entry["completions/mean_length"] for entry in trainer.state.log_history
                if "completions/mean_length" in entry]
     assert len(lengths) == 2 and all(0 < length <= 12 for length in lengths)

@@ -738,8 +738,9 @@ def _independent_runs(config: StudyConfig, out: Path, runs: list[tuple[str, str,
     if config.eval_guided or not (out / CONFIG_FILE).exists() or not policy_ready:
         return []
     _check_settings(config, out)
+    finished = _finished_runs(config, out, runs)  # a stale result is refused now, not after the runs meanwhile
     return [run for run in runs if not METHODS[run[1]].uses_critic
-            and not reads_pretrained_task_critic(config.methods[run[0]])
+            and not reads_pretrained_task_critic(config.methods[run[0]]) and run not in finished
             and not (_run_dir(out, run[0], run[2], run[3]) / RESULT_FILE).exists()]
 
 

@@ -1,9 +1,10 @@
 """The private TRL methods the trainers override, checked when a trainer module is imported.
 
-``LenVMGRPOTrainer`` and ``LenVMPPOTrainer`` wrap ``GRPOTrainer._generate_and_score_completions`` and
-``GRPOTrainer._calculate_rewards``. Private methods change between TRL minor versions without notice, so the tested
-minor version is pinned in ``pyproject.toml`` and the signatures are checked here, so that a TRL that moved the seam
-fails at import with a message instead of training with a length term silently dropped or misaligned.
+``LenVMGRPOTrainer`` and ``LenVMPPOTrainer`` wrap ``GRPOTrainer._generate_and_score_completions``,
+``GRPOTrainer._calculate_rewards`` and (for ``compact_generation``) ``GRPOTrainer._generate_single_turn``. Private
+methods change between TRL minor versions without notice, so the tested minor version is pinned in
+``pyproject.toml`` and the signatures are checked here, so that a TRL that moved the seam fails at import with a
+message instead of training with a length term silently dropped or misaligned.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ TESTED_TRL = "1.16"
 SEAM: dict[str, tuple[str, ...]] = {
     "_generate_and_score_completions": ("self", "inputs"),
     "_calculate_rewards": ("self", "inputs", "prompts", "completions", "completion_ids_list"),
+    "_generate_single_turn": ("self", "prompt_ids", "images", "multimodal_fields", "num_generations",
+                              "has_tool_images"),
 }
 
 

@@ -445,10 +445,9 @@ class LenVMGRPOTrainer(GRPOTrainer):
             raise ValueError("compact_generation cannot run under ZeRO-3: every process must run the same number of "
                              "forward passes to gather the sharded weights (synced_gpus); turn it off")
         super().__init__(model, reward_funcs, args, **kwargs)
-        if args.compact_generation:
-            # TRL's transformers path calls generate on the model it unwraps for generation, which is self.model
-            # (DeepSpeed and DDP wrap it, and unwrap back to it): its generate decodes with the compacted loop
-            self.model.generate = functools.partial(self.model.generate, custom_generate=decode_compacted)
+        if args.compact_generation and self.is_fsdp_enabled:
+            raise ValueError("compact_generation cannot run under FSDP: every process must run the same number of "
+                             "forward passes to gather the sharded weights; turn it off")
         self.gate_reward_indices = self._resolve_gate_reward_funcs()
         self._check_gate_reads_scores(args)
         self.length_critic: LengthCritic | None = None
@@ -533,6 +532,22 @@ class LenVMGRPOTrainer(GRPOTrainer):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards_per_func = rewards_per_func
         return rewards_per_func
+
+    def _generate_single_turn(self, prompt_ids: Any, images: Any, multimodal_fields: Any, num_generations: int,
+                              has_tool_images: bool = False) -> Any:
+        if not self.args.compact_generation:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        # TRL's transformers path calls generate on the model it unwraps for generation, which is self.model (DDP
+        # and DeepSpeed unwrap back to it): for this call only, so that evaluations and guided decoding after
+        # training call generate's own loop
+        model = self.model
+        model.generate = functools.partial(type(model).generate, model, custom_generate=decode_compacted)
+        try:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        finally:
+            del model.generate
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
