@@ -75,7 +75,7 @@ _export(
 )
 _export("trainer.grpo", "LenVMGRPOConfig", "LenVMGRPOTrainer")
 _export("trainer.ppo", "LenVMPPOConfig", "LenVMPPOTrainer", "pretrain_task_critic")
-_export("sampling", "SamplingWarper")
+_export("sampling", "SamplingWarper", "decode_compacted")
 _export("decoding.guided", "LengthGuidedLogitsProcessor", "LengthTarget", "generated_lengths", "guided_generate")
 _export(
     "decoding.scoring",
