@@ -441,13 +441,10 @@ class LenVMGRPOTrainer(GRPOTrainer):
             process_critic, process_tokenizer = _load_frozen_task_critic(args)
             if _zero3_enabled():
                 _check_critic_for_zero3(process_critic, args.critic_zero3)
-        if args.compact_generation and _zero3_enabled():
-            raise ValueError("compact_generation cannot run under ZeRO-3: every process must run the same number of "
-                             "forward passes to gather the sharded weights (synced_gpus); turn it off")
         super().__init__(model, reward_funcs, args, **kwargs)
-        if args.compact_generation and self.is_fsdp_enabled:
-            raise ValueError("compact_generation cannot run under FSDP: every process must run the same number of "
-                             "forward passes to gather the sharded weights; turn it off")
+        if args.compact_generation and (_zero3_enabled() or self.is_fsdp_enabled):
+            raise ValueError("compact_generation cannot run under ZeRO-3 or FSDP: every process must run the same "
+                             "number of forward passes to gather the sharded weights (synced_gpus); turn it off")
         self.gate_reward_indices = self._resolve_gate_reward_funcs()
         self._check_gate_reads_scores(args)
         self.length_critic: LengthCritic | None = None
@@ -535,17 +532,19 @@ class LenVMGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids: Any, images: Any, multimodal_fields: Any, num_generations: int,
                               has_tool_images: bool = False) -> Any:
-        if not self.args.compact_generation:
+        with self._compacted_generate() if self.args.compact_generation else nullcontext():
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                  has_tool_images)
+
+    @contextmanager
+    def _compacted_generate(self) -> Any:
         # TRL's transformers path calls generate on the model it unwraps for generation, which is self.model (DDP
         # and DeepSpeed unwrap back to it): for this call only, so that evaluations and guided decoding after
         # training call generate's own loop
         model = self.model
         model.generate = functools.partial(type(model).generate, model, custom_generate=decode_compacted)
         try:
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                 has_tool_images)
+            yield
         finally:
             del model.generate
 
