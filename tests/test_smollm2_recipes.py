@@ -72,6 +72,8 @@ def test_paths_chain_from_recipe_to_recipe():
         for key in OUTPUT_KEYS:
             if isinstance(recipe.get(key), str) and recipe[key].startswith("runs/"):
                 outputs.add(recipe[key].rstrip("/"))
+        if recipe.get("critic") == "train":   # a study that trains its critic writes it to <output_dir>/critic
+            outputs.add(f"{recipe['output_dir'].rstrip('/')}/critic")
         inputs += [(path.name, key, recipe[key]) for key in INPUT_KEYS
                    if isinstance(recipe.get(key), str) and recipe[key] not in KEYWORDS]
     assert inputs
