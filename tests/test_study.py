@@ -242,6 +242,11 @@ def test_preregister_writes_a_confirmatory_recipe_the_study_accepts(finished, tm
     assert config.policy == str(finished / "policy") and config.critic == str(finished / "critic")
     assert set(config.methods) == {"none", "linear/batch", "lenvm/batch", "lenvm_seq/batch"}
     assert len(config.methods["lenvm/batch"]["grid"]) == 4
+    header = " ".join(line.removeprefix("# ") for line in output.read_text().split("\noutput_dir:")[0].splitlines())
+    assert f"Needs the sweep's critic at {finished / 'critic'}:" in header
+    runs = len(config.seeds) * sum(len(variant.get("grid") or [0]) for variant in config.methods.values())
+    assert re.search(rf"Expected wall time: about \d+ minutes on one process \({runs} runs × about \d+ min",
+                     header), header
 
 
 @pytest.mark.parametrize("flags, message", [

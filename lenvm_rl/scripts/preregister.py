@@ -9,8 +9,11 @@ record that the study refuses to contradict. Nothing is trained here.
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ..io import write_text_atomically
 
@@ -114,6 +117,12 @@ def preregister(args: PreregisterArguments) -> dict:
     header = (f"# Confirmatory study, pre-registered from the sweep {sweep} (seeds {config['seeds']}) by "
               "`lenvm-rl preregister`;\n# its headline compares exactly the pair below on seeds the sweep never "
               f"used.\n# Run:  OMP_NUM_THREADS=1 lenvm-rl study --config {args.output}\n")
+    notes = [_expected_wall_time(results, config, recipe)]
+    if config["critic"] == "train":
+        notes.insert(0, f"Needs the sweep's critic at {critic}: on a fresh clone rerun the sweep's command first "
+                        "(with its runs committed it retrains only the critic, from its rollouts).")
+    header += "".join(textwrap.fill(note, 118, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
+                      + "\n" for note in notes)
     class _NoAliases(yaml.SafeDumper):  # a recipe is read by people: write shared grids out, no &id anchors
         def ignore_aliases(self, data: object) -> bool:
             return True
@@ -121,6 +130,27 @@ def preregister(args: PreregisterArguments) -> dict:
     text = yaml.dump(recipe, Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=110)
     write_text_atomically(Path(args.output), header + text)
     return recipe
+
+
+def _expected_wall_time(sweep_results: list[dict], sweep_config: dict, recipe: dict) -> str:
+    """The recipe's header note on its expected wall time, from the sweep's measured runs.
+
+    A run costs its training plus its evaluations; each evaluation pass costs what the sweep's final one did per
+    completion: ``minutes = runs × (train + eval × passes / sweep_passes)``, with ``passes`` counted in completions
+    (``prompts × samples``, ``+ prompts`` with greedy, the sampled set again at each inner step)."""
+    def completions(settings: dict) -> int:
+        sampled = settings["eval_prompts"] * settings["eval_samples"]
+        inner = [s for s in settings.get("eval_at_steps") or [] if 0 < s < settings["rl_steps"]]
+        return sampled * (1 + len(inner)) + (settings["eval_prompts"] if settings.get("eval_greedy") else 0)
+
+    train = float(np.mean([r["train_seconds"] for r in sweep_results])) / 60
+    evaluation = float(np.mean([r["seconds"] - r["train_seconds"] for r in sweep_results])) / 60
+    per_run = train + evaluation * completions(recipe) / completions(sweep_config)
+    runs = len(recipe["seeds"]) * sum(len(variant.get("grid") or [0]) for variant in recipe["methods"].values())
+    return (f"Expected wall time: about {round(runs * per_run)} minutes on one process ({runs} runs × about "
+            f"{per_run:.0f} min: the sweep's mean run, with this recipe's evaluations); about "
+            f"{round(runs * per_run / 2)} with the command run in two shells, one per core. Resumable across "
+            "sessions.")
 
 
 def _pair_choice(table, args: PreregisterArguments, sweep: Path, config: dict) -> tuple[dict, dict]:
