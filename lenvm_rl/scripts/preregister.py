@@ -117,10 +117,9 @@ def preregister(args: PreregisterArguments) -> dict:
     header = (f"# Confirmatory study, pre-registered from the sweep {sweep} (seeds {config['seeds']}) by "
               "`lenvm-rl preregister`;\n# its headline compares exactly the pair below on seeds the sweep never "
               f"used.\n# Run:  OMP_NUM_THREADS=1 lenvm-rl study --config {args.output}\n")
-    notes = [_expected_wall_time(results, config, recipe)]
-    if config["critic"] == "train":
-        notes.insert(0, f"Needs the sweep's critic at {critic}: on a fresh clone rerun the sweep's command first "
-                        "(with its runs committed it retrains only the critic, from its rollouts).")
+    notes = [f"Needs the sweep's critic at {critic}: on a fresh clone rerun the sweep's command first (with its runs "
+             "committed it retrains only the critic, from its rollouts)."] if config["critic"] == "train" else []
+    notes.append(_expected_wall_time(results, config, recipe))
     header += "".join(textwrap.fill(note, 118, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
                       + "\n" for note in notes)
     class _NoAliases(yaml.SafeDumper):  # a recipe is read by people: write shared grids out, no &id anchors
@@ -138,9 +137,11 @@ def _expected_wall_time(sweep_results: list[dict], sweep_config: dict, recipe: d
     A run costs its training plus its evaluations; each evaluation pass costs what the sweep's final one did per
     completion: ``minutes = runs × (train + eval × passes / sweep_passes)``, with ``passes`` counted in completions
     (``prompts × samples``, ``+ prompts`` with greedy, the sampled set again at each inner step)."""
+    from ..study.runner import inner_eval_steps
+
     def completions(settings: dict) -> int:
         sampled = settings["eval_prompts"] * settings["eval_samples"]
-        inner = [s for s in settings.get("eval_at_steps") or [] if 0 < s < settings["rl_steps"]]
+        inner = inner_eval_steps(settings.get("eval_at_steps"), settings["rl_steps"])
         return sampled * (1 + len(inner)) + (settings["eval_prompts"] if settings.get("eval_greedy") else 0)
 
     train = float(np.mean([r["train_seconds"] for r in sweep_results])) / 60

@@ -601,6 +601,11 @@ def _peft_config(config: StudyConfig) -> Any:
                                        lora_target_modules=config.lora_target_modules))
 
 
+def inner_eval_steps(eval_at_steps: list[int] | None, rl_steps: int) -> list[int]:
+    """The steps of ``eval_at_steps`` evaluated during training (a run's final evaluation is its own)."""
+    return [step for step in eval_at_steps or [] if 0 < step < rl_steps]
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)  # the library's own logger is silenced during a study
 
@@ -648,7 +653,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     logger.info("%s coef=%g seed=%d: %d of %d parameters trainable (%.2f%%)", label, coef, seed, trainable, total,
                 100 * trainable / total)
     curve = EvaluateAtSteps(
-        [s for s in config.eval_at_steps or [] if 0 < s < config.rl_steps], eval_rows, task_rewards[0],
+        inner_eval_steps(config.eval_at_steps, config.rl_steps), eval_rows, task_rewards[0],
         num_samples=config.eval_samples, temperature=config.eval_temperature, seed=seed,
         max_new_tokens=config.max_completion_length, prompt_column=config.prompt_column,
         threshold=config.success_threshold, budget_column=budget_column, top_p=config.top_p,
