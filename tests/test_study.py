@@ -68,6 +68,9 @@ def test_tiny_study_end_to_end(finished):
     # the critic's weights are recorded, so one rebuilt from a fresh clone can be checked against them
     recorded = json.loads((finished / "critic_metrics.json").read_text())["weights_sha256"]
     assert recorded == study_job._weights_digest(finished / "critic") and len(recorded) == 16
+    results = [json.loads(path.read_text()) for path in (finished / "runs").rglob("result.json")]
+    read = {result["label"]: result["critic_weights_sha256"] for result in results}
+    assert read == {"none": None, "linear/batch": None, "lenvm/batch": recorded}  # each run names the critic it read
 
 
 def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_path, monkeypatch, capsys):

@@ -621,7 +621,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     from datasets import Dataset
 
     from .evaluate import EvaluateAtSteps
-    from .methods import plan_run, reads_pretrained_task_critic
+    from .methods import METHODS, plan_run, reads_pretrained_task_critic
 
     variant = config.methods[label]
     options = dict(variant.get("options") or {})
@@ -669,7 +669,10 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
     return {"label": label, "method": method, "coef": coef, "seed": seed, "train_seconds": train_seconds,
             "trainable_parameters": trainable, "parameters": total,
-            "seconds": time.time() - started, "eval": evaluation, "eval_at_steps": curve.results, "train_log": log}
+            "seconds": time.time() - started, "eval": evaluation, "eval_at_steps": curve.results, "train_log": log,
+            # which critic a run read, so runs made with a critic rebuilt elsewhere (float-level differences on other
+            # CPUs) can be told apart in a report
+            "critic_weights_sha256": _weights_digest(Path(critic)) if critic and METHODS[method].uses_critic else None}
 
 
 def _write_json(path: Path, payload: Any) -> None:
