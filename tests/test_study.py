@@ -278,6 +278,48 @@ def test_a_rerun_that_skips_every_run_keeps_the_stage_times(finished, tmp_path):
     assert "## Stage wall times" in report and "| warm-up |" in report
 
 
+def test_stop_by_starts_no_run_that_would_end_after_it(finished, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    pending = study_job._run_dir(out, "linear/batch", 0.2, 0) / study_job.RESULT_FILE
+    pending.unlink()
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(out))
+    calls = []
+    real_run = study_job._rl_run
+    monkeypatch.setattr(study_job, "_rl_run", lambda *a, **k: calls.append(a[1]) or real_run(*a, **k))
+    capsys.readouterr()
+    # no finished 'linear' run: it is expected to take as long as the finished runs do on average (> 0 s)
+    assert main(["study", "--config", str(recipe), "--stop_by", "+0"]) == 0
+    said = "".join(capsys.readouterr())
+    assert calls == [] and not pending.exists()
+    assert "linear/batch 0.2 seed 0: not started, it is expected to take" in said and "stays pending" in said
+    assert (out / "report.md").exists()
+    assert main(["study", "--config", str(recipe), "--stop_by", "+600"]) == 0  # ten hours is time enough
+    assert calls == ["linear/batch"] and pending.exists()
+
+
+def test_stop_by_reads_minutes_from_now_or_a_local_time(tmp_path, capsys):
+    from datetime import datetime
+
+    assert study_job._parse_stop_by("+90", now=1000.0) == 1000.0 + 90 * 60
+    assert study_job._parse_stop_by("2026-12-03T16:05") == datetime(2026, 12, 3, 16, 5).timestamp()
+    assert study_job._parse_stop_by(None) is None
+    for bad, message in [("+soon", "is not +MINUTES"), ("+-5", "is not +MINUTES"), ("16h05", "is neither")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            study_job._parse_stop_by(bad)
+    recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"))
+    assert main(["study", "--config", str(recipe), "--stop_by", "tomorrow"]) != 0
+    assert "stop_by: 'tomorrow' is neither" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    results = [{"label": "a", "coef": 1.0, "seconds": 10.0}, {"label": "a", "coef": 2.0, "seconds": 30.0},
+               {"label": "a", "coef": 2.0, "seconds": 50.0}]
+    assert study_job._expected_seconds(results, "a", 2.0) == 40.0  # the same variant and coefficient
+    assert study_job._expected_seconds(results, "b", 1.0) == 30.0  # else every finished run
+    assert study_job._expected_seconds([], "a", 1.0) is None
+
+
 def test_recipe_key_typo_names_the_nearest_field(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "recipe.yaml", output_dir=str(tmp_path / "out"))
     recipe.write_text(recipe.read_text().replace("seeds:", "seed:"))

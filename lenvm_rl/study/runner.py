@@ -237,6 +237,12 @@ class StudyConfig:
     threads: int = field(default=2, metadata={"help": "torch threads (set it; two jobs × all cores thrash)."})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when available), cpu or cuda."})
     report_only: bool = field(default=False, metadata={"help": "Write the report from finished runs; run nothing."})
+    stop_by: str | None = field(
+        default=None,
+        metadata={"help": "Start no run expected to end after this time: a local ISO 8601 time (2026-12-03T16:05) "
+                          "or +MINUTES from now (+150). A run's expected seconds are the mean of the finished runs of "
+                          "its variant and coefficient, else of all finished runs (with none finished it starts). "
+                          "Runs left out stay pending for the next invocation; the report is written as usual."})
     status: bool = field(
         default=False, metadata={"help": "Print where the study stands (each run finished, running in which process, "
                                          "or pending) and exit; runs nothing and writes nothing."})
@@ -289,6 +295,7 @@ class StudyConfig:
                 raise ValueError(f"only: {missing} are not variants of this study ({sorted(self.methods)})")
         if not self.seeds:
             raise ValueError("seeds is empty; give at least one seed")
+        self._deadline = _parse_stop_by(self.stop_by)
         if self.comparator_method is not None and self.comparator_method not in self.methods:
             raise ValueError(f"comparator_method {self.comparator_method!r} is not a variant of this study "
                              f"({sorted(self.methods)})")
@@ -731,6 +738,38 @@ def load_results(out: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in sorted((out / "runs").rglob(RESULT_FILE))]
 
 
+def _parse_stop_by(stop_by: str | None, now: float | None = None) -> float | None:
+    """``stop_by`` as seconds since the epoch: ``+MINUTES`` counts from ``now``, anything else is a local ISO 8601
+    time."""
+    if stop_by is None:
+        return None
+    now = time.time() if now is None else now
+    text = stop_by.strip()
+    if text.startswith("+"):
+        try:
+            minutes = float(text[1:])
+        except ValueError:
+            minutes = float("nan")
+        if not math.isfinite(minutes) or minutes < 0:
+            raise ValueError(f"stop_by: {stop_by!r} is not +MINUTES (a number ≥ 0 of minutes from now, e.g. +150)")
+        return now + 60 * minutes
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(f"stop_by: {stop_by!r} is neither a local ISO 8601 time (e.g. 2026-12-03T16:05) nor "
+                         "+MINUTES from now") from None
+
+
+def _expected_seconds(results: list[dict[str, Any]], label: str, coef: float) -> float | None:
+    """What a run of (``label``, ``coef``) is expected to take: the mean of the finished runs of that variant and
+    coefficient, else of all finished runs; None when none has finished."""
+    same = [r["seconds"] for r in results if r["label"] == label and float(r["coef"]) == float(coef)]
+    pool = same or [r["seconds"] for r in results]
+    return float(np.mean(pool)) if pool else None
+
+
 def _policy_dir(config: StudyConfig, out: Path) -> Path:
     return out / "policy" if config.policy == BUILTIN else Path(config.policy)
 
@@ -779,13 +818,21 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
 
     def _run_each(selected: list[tuple[str, str, float, int]], finished: set[tuple[str, str, float, int]],
                   clock: StageClock, policy: Path, critic: str | None) -> None:
-        """Every run of ``selected`` that is not finished and that no other process holds, one claim each."""
+        """Every run of ``selected`` that is not finished, that no other process holds and (under ``stop_by``)
+        that is expected to end in time, one claim each."""
         for run in selected:
             label, method, coef, seed = run
             run_dir = _run_dir(out, label, coef, seed)
             # another process on the same directory may have finished it meanwhile, or be running it now
             if run in finished or (run_dir / RESULT_FILE).exists():
                 continue
+            if config._deadline is not None:
+                expected = _expected_seconds(load_results(out), label, coef)
+                if expected is not None and time.time() + expected > config._deadline:
+                    clock.bar.write(f"{run_names[run]}: not started, it is expected to take {expected / 60:.0f} min "
+                                    f"and stop_by ({config.stop_by}) is "
+                                    f"{max(0.0, config._deadline - time.time()) / 60:.0f} min away; it stays pending")
+                    continue
             if not claim(run_dir / RUN_CLAIM):
                 clock.bar.write(f"{run_names[run]}: skipped, {describe(holder(run_dir / RUN_CLAIM))} runs it "
                                 f"({run_dir / RUN_CLAIM}; delete that file if the process is gone)")
