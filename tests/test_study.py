@@ -295,6 +295,7 @@ def test_stop_by_starts_no_run_that_would_end_after_it(finished, tmp_path, monke
     said = "".join(capsys.readouterr())
     assert calls == [] and not pending.exists()
     assert "linear/batch 0.2 seed 0: not started, it is expected to take" in said and "stays pending" in said
+    assert "stop_by +0: 1 run(s) not started; rerun the command to run them" in said
     assert (out / "report.md").exists()
     assert main(["study", "--config", str(recipe), "--stop_by", "+600"]) == 0  # ten hours is time enough
     assert calls == ["linear/batch"] and pending.exists()

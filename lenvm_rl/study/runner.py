@@ -820,6 +820,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                   clock: StageClock, policy: Path, critic: str | None) -> None:
         """Every run of ``selected`` that is not finished, that no other process holds and (under ``stop_by``)
         that is expected to end in time, one claim each."""
+        left_for_later = 0
         for run in selected:
             label, method, coef, seed = run
             run_dir = _run_dir(out, label, coef, seed)
@@ -832,6 +833,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                     clock.bar.write(f"{run_names[run]}: not started, it is expected to take {expected / 60:.0f} min "
                                     f"and stop_by ({config.stop_by}) is "
                                     f"{max(0.0, config._deadline - time.time()) / 60:.0f} min away; it stays pending")
+                    left_for_later += 1
                     continue
             if not claim(run_dir / RUN_CLAIM):
                 clock.bar.write(f"{run_names[run]}: skipped, {describe(holder(run_dir / RUN_CLAIM))} runs it "
@@ -852,6 +854,8 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                 _write_results_jsonl(config, out)
             finally:
                 release(run_dir / RUN_CLAIM)
+        if left_for_later:
+            _say(f"stop_by {config.stop_by}: {left_for_later} run(s) not started; rerun the command to run them")
 
     # another process on this directory may be running the shared stages: meanwhile, run what needs none of them
     # (no critic, no task critic, a policy that exists), then wait, check the settings against what it recorded and
