@@ -1083,15 +1083,18 @@ def _write_results_jsonl(config: StudyConfig, out: Path) -> None:
 
 
 def study_status(config: StudyConfig) -> list[dict[str, Any]]:
-    """Each run of ``config`` (in run order) as ``{"run", "state", "minutes", "owner"}``: ``finished`` (with its
-    RL and evaluation minutes), ``running`` (the live process holding its claim, and for how long) or ``pending``;
-    first a ``shared stages`` row (``done`` once the starting policy is evaluated). Reads the output directory only."""
+    """Each run of ``config`` (in run order) as ``{"run", "state", "minutes", "owner", "expected_minutes"}``:
+    ``finished`` (with its RL and evaluation minutes), ``running`` (the live process holding its claim, and for how
+    long) or ``pending``, the unfinished ones with the minutes the finished runs predict (:func:`_expected_seconds`;
+    None before any finished); first a ``shared stages`` row (``done`` once the starting policy is evaluated). Reads
+    the output directory only."""
     from .claims import _mine
 
     out = Path(config.output_dir)
+    results = load_results(out) if (out / "runs").exists() else []
     rows = []
     owner = holder(out / SETUP_CLAIM)
-    rows.append({"run": "shared stages", "owner": owner, "minutes": None,
+    rows.append({"run": "shared stages", "owner": owner, "minutes": None, "expected_minutes": None,
                  "state": "done" if (out / "eval_prompts.json").exists() else "running" if owner else "pending"})
     for seed in config.seeds:
         for label, _, coef in config.variants():
@@ -1099,15 +1102,17 @@ def study_status(config: StudyConfig) -> list[dict[str, Any]]:
             name = f"{label} {coef:g} seed {seed}"
             if (run_dir / RESULT_FILE).exists():
                 seconds = json.loads((run_dir / RESULT_FILE).read_text()).get("seconds")
-                rows.append({"run": name, "state": "finished", "owner": None,
+                rows.append({"run": name, "state": "finished", "owner": None, "expected_minutes": None,
                              "minutes": seconds / 60 if seconds is not None else None})
                 continue
+            expected = _expected_seconds(results, label, coef)
             owner = holder(run_dir / RUN_CLAIM)
             state = "pending" if owner is None else "running" if _mine(owner) else "running?"
             if owner is None and (run_dir / RUN_CLAIM).exists():
                 state = "pending (stale claim: its process is gone)"
             rows.append({"run": name, "state": state, "owner": owner,
-                         "minutes": (time.time() - owner["since"]) / 60 if owner and "since" in owner else None})
+                         "minutes": (time.time() - owner["since"]) / 60 if owner and "since" in owner else None,
+                         "expected_minutes": expected / 60 if expected is not None else None})
     return rows
 
 
@@ -1127,6 +1132,12 @@ def print_status(config: StudyConfig) -> None:
     counts = {state: sum(row["state"].startswith(state) for row in runs) for state in ("finished", "running",
                                                                                      "pending")}
     print(f"{len(runs)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    left = [row for row in runs if row["state"] != "finished"]
+    if left and all(row["expected_minutes"] is not None for row in left):
+        # a running run has done part of its expected time already
+        minutes = sum(max(0.0, row["expected_minutes"] - (row["minutes"] or 0.0)) for row in left)
+        print(f"left: about {minutes:.0f} min of runs ({minutes / 2:.0f} of wall time on two processes), each as "
+              "long as the finished runs of its variant and coefficient took (else of all)")
 
 
 def print_summary(config: StudyConfig, report: dict[str, Any], minutes: float) -> None:
