@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import yaml
@@ -69,8 +70,9 @@ def test_tiny_study_end_to_end(finished):
     recorded = json.loads((finished / "critic_metrics.json").read_text())["weights_sha256"]
     assert recorded == study_job._weights_digest(finished / "critic") and len(recorded) == 16
     results = [json.loads(path.read_text()) for path in (finished / "runs").rglob("result.json")]
-    read = {result["label"]: result["critic_weights_sha256"] for result in results}
-    assert read == {"none": None, "linear/batch": None, "lenvm/batch": recorded}  # each run names the critic it read
+    read = {(result["label"], result["coef"], result["seed"]): result["critic_weights_sha256"] for result in results}
+    # each run names the critic it read
+    assert read == {("none", 0.0, 0): None, ("linear/batch", 0.2, 0): None, ("lenvm/batch", 1.0, 0): recorded}
 
 
 def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_path, monkeypatch, capsys):
@@ -98,6 +100,9 @@ def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_p
     try:
         claim.parent.mkdir(parents=True, exist_ok=True)
         claim.write_text(json.dumps({**claims._machine(), "pid": other.pid, "since": 0.0}))
+        # the finished run as if it had taken 10 minutes: what is left is read from it
+        result_file = next((tmp_path / "out" / "runs").rglob("result.json"))
+        result_file.write_text(json.dumps({**json.loads(result_file.read_text()), "seconds": 600.0}))
         capsys.readouterr()
         assert main(["study", "--config", str(recipe), "--status"]) == 0
         status = capsys.readouterr().out.splitlines()
@@ -105,10 +110,9 @@ def test_rerun_after_a_crash_redoes_nothing_and_reports_the_same(finished, tmp_p
         assert status[2].startswith("none 0 seed 0") and "finished" in status[2]
         assert "running " in status[3] and f"pid {other.pid}" in status[3]
         assert status[4].split()[-1] == "pending" and status[-2] == "3 runs: 1 finished, 1 running, 1 pending"
-        # what is left: the pending run, as long as the one finished run took (the running one claimed at time 0 is
-        # past its expected time)
-        none_minutes = json.loads(next((tmp_path / "out" / "runs").rglob("result.json")).read_text())["seconds"] / 60
-        assert status[-1].startswith(f"left: about {none_minutes:.0f} min of runs ({none_minutes / 2:.0f} of wall")
+        # what is left: the pending run, as long as the one finished run took (the running one, claimed at time 0,
+        # is past its expected time)
+        assert status[-1].startswith("left: about 10 min of runs (divide by the processes")
         assert main(["study", "--config", str(recipe)]) == 0
         assert calls == ["lenvm/batch"]
     finally:
@@ -293,13 +297,25 @@ def test_stop_by_starts_no_run_that_would_end_after_it(finished, tmp_path, monke
     calls = []
     real_run = study_job._rl_run
     monkeypatch.setattr(study_job, "_rl_run", lambda *a, **k: calls.append(a[1]) or real_run(*a, **k))
-    capsys.readouterr()
-    # no finished 'linear' run: it is expected to take as long as the finished runs do on average (> 0 s)
+    # a run another live process holds is that process's: not one this process left for later
+    claim = pending.parent / study_job.RUN_CLAIM
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        claim.write_text(json.dumps({**claims._machine(), "pid": other.pid, "since": time.time()}))
+        capsys.readouterr()
+        assert main(["study", "--config", str(recipe), "--stop_by", "+0"]) == 0
+        said = "".join(capsys.readouterr())
+        assert "linear/batch 0.2 seed 0: skipped" in said and "not started" not in said
+    finally:
+        other.kill()
+        other.wait()
+        claim.unlink()
+    # no finished 'linear' run: it may take as long as the longest finished run (> 0 s)
     assert main(["study", "--config", str(recipe), "--stop_by", "+0"]) == 0
     said = "".join(capsys.readouterr())
     assert calls == [] and not pending.exists()
-    assert "linear/batch 0.2 seed 0: not started, it is expected to take" in said and "stays pending" in said
-    assert "stop_by +0: 1 run(s) not started; rerun the command to run them" in said
+    assert "linear/batch 0.2 seed 0: not started, stop_by (+0) is 0 min away and it may take" in said
+    assert said.count("stop_by +0: 1 run(s) not started; rerun the command to run them") == 1
     assert (out / "report.md").exists()
     assert main(["study", "--config", str(recipe), "--stop_by", "+600"]) == 0  # ten hours is time enough
     assert calls == ["linear/batch"] and pending.exists()
@@ -309,7 +325,9 @@ def test_stop_by_reads_minutes_from_now_or_a_local_time(tmp_path, capsys):
     from datetime import datetime
 
     assert study_job._parse_stop_by("+90", now=1000.0) == 1000.0 + 90 * 60
-    assert study_job._parse_stop_by("2026-12-03T16:05") == datetime(2026, 12, 3, 16, 5).timestamp()
+    assert study_job._parse_stop_by("2026-12-03T16:05") == datetime(2026, 12, 3, 16, 5).timestamp()  # local time
+    assert study_job._parse_stop_by("2026-12-03T16:05+01:00") == 1796310300.0  # 15:05 UTC
+    assert study_job._parse_stop_by("2026-12-03T15:05Z") == 1796310300.0
     assert study_job._parse_stop_by(None) is None
     for bad, message in [("+soon", "is not +MINUTES"), ("+-5", "is not +MINUTES"), ("16h05", "is neither")]:
         with pytest.raises(ValueError, match=re.escape(message)):
@@ -321,7 +339,9 @@ def test_stop_by_reads_minutes_from_now_or_a_local_time(tmp_path, capsys):
     results = [{"label": "a", "coef": 1.0, "seconds": 10.0}, {"label": "a", "coef": 2.0, "seconds": 30.0},
                {"label": "a", "coef": 2.0, "seconds": 50.0}]
     assert study_job._expected_seconds(results, "a", 2.0) == 40.0  # the same variant and coefficient
+    assert study_job._expected_seconds(results, "a", 2.0, longest=True) == 50.0
     assert study_job._expected_seconds(results, "b", 1.0) == 30.0  # else every finished run
+    assert study_job._expected_seconds(results + [{"label": "b", "coef": 1.0}], "b", 1.0) == 30.0  # untimed: skipped
     assert study_job._expected_seconds([], "a", 1.0) is None
 
 

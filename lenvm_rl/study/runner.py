@@ -240,9 +240,10 @@ class StudyConfig:
     stop_by: str | None = field(
         default=None,
         metadata={"help": "Start no run expected to end after this time: a local ISO 8601 time (2026-12-03T16:05) "
-                          "or +MINUTES from now (+150). A run's expected seconds are the mean of the finished runs of "
-                          "its variant and coefficient, else of all finished runs (with none finished it starts). "
-                          "Runs left out stay pending for the next invocation; the report is written as usual."})
+                          "or +MINUTES from now (+150). A run is expected to take as long as the longest finished "
+                          "run of its variant and coefficient, else of all (with none finished, it starts while the "
+                          "time is not past). The shared stages always run. Runs left out stay pending for the next "
+                          "invocation; the report is written as usual."})
     status: bool = field(
         default=False, metadata={"help": "Print where the study stands (each run finished, running in which process, "
                                          "or pending) and exit; runs nothing and writes nothing."})
@@ -296,6 +297,8 @@ class StudyConfig:
         if not self.seeds:
             raise ValueError("seeds is empty; give at least one seed")
         self._deadline = _parse_stop_by(self.stop_by)
+        if self._deadline is not None and self._deadline <= time.time():
+            logger.warning("stop_by %s is past: no run will start", self.stop_by)
         if self.comparator_method is not None and self.comparator_method not in self.methods:
             raise ValueError(f"comparator_method {self.comparator_method!r} is not a variant of this study "
                              f"({sorted(self.methods)})")
@@ -628,7 +631,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     from datasets import Dataset
 
     from .evaluate import EvaluateAtSteps
-    from .methods import METHODS, plan_run, reads_pretrained_task_critic
+    from .methods import plan_run, reads_pretrained_task_critic
 
     variant = config.methods[label]
     options = dict(variant.get("options") or {})
@@ -676,10 +679,7 @@ def _rl_run(config: StudyConfig, label: str, method: str, coef: float, seed: int
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
     return {"label": label, "method": method, "coef": coef, "seed": seed, "train_seconds": train_seconds,
             "trainable_parameters": trainable, "parameters": total,
-            "seconds": time.time() - started, "eval": evaluation, "eval_at_steps": curve.results, "train_log": log,
-            # which critic a run read, so runs made with a critic rebuilt elsewhere (float-level differences on other
-            # CPUs) can be told apart in a report
-            "critic_weights_sha256": _weights_digest(Path(critic)) if critic and METHODS[method].uses_critic else None}
+            "seconds": time.time() - started, "eval": evaluation, "eval_at_steps": curve.results, "train_log": log}
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -755,19 +755,23 @@ def _parse_stop_by(stop_by: str | None, now: float | None = None) -> float | Non
         return now + 60 * minutes
     from datetime import datetime
 
-    try:
-        return datetime.fromisoformat(text).timestamp()
+    try:  # Python 3.10's fromisoformat does not read a trailing Z
+        return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text).timestamp()
     except ValueError:
         raise ValueError(f"stop_by: {stop_by!r} is neither a local ISO 8601 time (e.g. 2026-12-03T16:05) nor "
                          "+MINUTES from now") from None
 
 
-def _expected_seconds(results: list[dict[str, Any]], label: str, coef: float) -> float | None:
-    """What a run of (``label``, ``coef``) is expected to take: the mean of the finished runs of that variant and
-    coefficient, else of all finished runs; None when none has finished."""
-    same = [r["seconds"] for r in results if r["label"] == label and float(r["coef"]) == float(coef)]
-    pool = same or [r["seconds"] for r in results]
-    return float(np.mean(pool)) if pool else None
+def _expected_seconds(results: list[dict[str, Any]], label: str, coef: float, longest: bool = False
+                      ) -> float | None:
+    """What a run of (``label``, ``coef``) is expected to take: the mean (or, with ``longest``, the longest) of the
+    finished runs of that variant and coefficient, else of all finished runs; None when none has finished."""
+    timed = [r for r in results if r.get("seconds") is not None]
+    same = [r["seconds"] for r in timed if r.get("label") == label and float(r.get("coef", "nan")) == float(coef)]
+    pool = same or [r["seconds"] for r in timed]
+    if not pool:
+        return None
+    return float(max(pool) if longest else np.mean(pool))
 
 
 def _policy_dir(config: StudyConfig, out: Path) -> Path:
@@ -816,10 +820,12 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
     run_names = {run: f"{run[0]} {run[2]:g} seed {run[3]}" for run in runs}
     from .methods import METHODS, reads_pretrained_task_critic, run_fingerprint
 
+    critic_digests: dict[str, str] = {}
+
     def _run_each(selected: list[tuple[str, str, float, int]], finished: set[tuple[str, str, float, int]],
-                  clock: StageClock, policy: Path, critic: str | None) -> None:
+                  clock: StageClock, policy: Path, critic: str | None) -> int:
         """Every run of ``selected`` that is not finished, that no other process holds and (under ``stop_by``)
-        that is expected to end in time, one claim each."""
+        that is expected to end in time, one claim each. Returns how many it left for ``stop_by``."""
         left_for_later = 0
         for run in selected:
             label, method, coef, seed = run
@@ -827,12 +833,14 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             # another process on the same directory may have finished it meanwhile, or be running it now
             if run in finished or (run_dir / RESULT_FILE).exists():
                 continue
-            if config._deadline is not None:
-                expected = _expected_seconds(load_results(out), label, coef)
-                if expected is not None and time.time() + expected > config._deadline:
-                    clock.bar.write(f"{run_names[run]}: not started, it is expected to take {expected / 60:.0f} min "
-                                    f"and stop_by ({config.stop_by}) is "
-                                    f"{max(0.0, config._deadline - time.time()) / 60:.0f} min away; it stays pending")
+            if config._deadline is not None and holder(run_dir / RUN_CLAIM) is None:
+                # the longest finished run of its kind: a mean would let about half the runs started late overrun
+                expected = _expected_seconds(load_results(out), label, coef, longest=True)
+                if time.time() + (expected or 0.0) >= config._deadline:
+                    clock.bar.write(f"{run_names[run]}: not started, stop_by ({config.stop_by}) is "
+                                    f"{max(0.0, config._deadline - time.time()) / 60:.0f} min away"
+                                    + (f" and it may take {expected / 60:.0f} min" if expected else "")
+                                    + "; it stays pending")
                     left_for_later += 1
                     continue
             if not claim(run_dir / RUN_CLAIM):
@@ -849,13 +857,18 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                 result["fingerprint"] = hashlib.sha256(json.dumps(config.fingerprint(), sort_keys=True).encode()
                                                        ).hexdigest()[:16]
                 result["run"] = run_fingerprint(config.methods[label], coef)
+                # which critic the run read, so runs made with a critic rebuilt elsewhere (float-level differences
+                # on another CPU) can be told apart
+                reads_critic = critic is not None and (METHODS[method].uses_critic or config.eval_guided)
+                if reads_critic and critic not in critic_digests:
+                    critic_digests[critic] = _weights_digest(Path(critic))
+                result["critic_weights_sha256"] = critic_digests[critic] if reads_critic else None
                 _write_json(run_dir / RESULT_FILE, result)
                 clock.finish(name, started)
                 _write_results_jsonl(config, out)
             finally:
                 release(run_dir / RUN_CLAIM)
-        if left_for_later:
-            _say(f"stop_by {config.stop_by}: {left_for_later} run(s) not started; rerun the command to run them")
+        return left_for_later
 
     # another process on this directory may be running the shared stages: meanwhile, run what needs none of them
     # (no critic, no task critic, a policy that exists), then wait, check the settings against what it recorded and
@@ -947,7 +960,9 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
             _write_json(out / "eval_prompts.json", _prompt_table(config, eval_rows, tokenizer))
         release(out / SETUP_CLAIM)
 
-        _run_each(runs, finished, clock, policy, critic)
+        left_for_later = _run_each(runs, finished, clock, policy, critic)
+        if left_for_later:
+            _say(f"stop_by {config.stop_by}: {left_for_later} run(s) not started; rerun the command to run them")
     finally:
         release(out / SETUP_CLAIM)
         clock.close()
@@ -1136,8 +1151,8 @@ def print_status(config: StudyConfig) -> None:
     if left and all(row["expected_minutes"] is not None for row in left):
         # a running run has done part of its expected time already
         minutes = sum(max(0.0, row["expected_minutes"] - (row["minutes"] or 0.0)) for row in left)
-        print(f"left: about {minutes:.0f} min of runs ({minutes / 2:.0f} of wall time on two processes), each as "
-              "long as the finished runs of its variant and coefficient took (else of all)")
+        print(f"left: about {minutes:.0f} min of runs (divide by the processes sharing them), each as long as the "
+              "finished runs of its variant and coefficient took on average (else of all)")
 
 
 def print_summary(config: StudyConfig, report: dict[str, Any], minutes: float) -> None:
