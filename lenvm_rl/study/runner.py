@@ -934,6 +934,7 @@ def run_study(config: StudyConfig) -> dict[str, Any]:
                 if task is not None and "decisions" not in critic_metrics:
                     critic_metrics["decisions"] = _critic_at_decisions(task, critic, out / "rollouts")
                 critic_metrics["weights_sha256"] = _checked_critic_digest(Path(critic), out / "critic_metrics.json")
+                critic_digests[critic] = critic_metrics["weights_sha256"]  # what each run records: hashed once
                 _write_json(out / "critic_metrics.json", critic_metrics)
 
         if needs_task_critic:
@@ -1107,6 +1108,7 @@ def study_status(config: StudyConfig) -> list[dict[str, Any]]:
 
     out = Path(config.output_dir)
     results = load_results(out) if (out / "runs").exists() else []
+    finished = {(r["label"], float(r["coef"]), r["seed"]): r for r in results}
     rows = []
     owner = holder(out / SETUP_CLAIM)
     rows.append({"run": "shared stages", "owner": owner, "minutes": None, "expected_minutes": None,
@@ -1115,8 +1117,8 @@ def study_status(config: StudyConfig) -> list[dict[str, Any]]:
         for label, _, coef in config.variants():
             run_dir = _run_dir(out, label, coef, seed)
             name = f"{label} {coef:g} seed {seed}"
-            if (run_dir / RESULT_FILE).exists():
-                seconds = json.loads((run_dir / RESULT_FILE).read_text()).get("seconds")
+            if (label, float(coef), seed) in finished:
+                seconds = finished[(label, float(coef), seed)].get("seconds")
                 rows.append({"run": name, "state": "finished", "owner": None, "expected_minutes": None,
                              "minutes": seconds / 60 if seconds is not None else None})
                 continue
