@@ -21,6 +21,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_MAPPING,
 )
 from transformers.utils import ModelOutput
 
@@ -291,6 +292,12 @@ class LengthValueModel(PreTrainedModel):
         kwargs.setdefault("use_safetensors", True)
         kwargs.setdefault("trust_remote_code", False)
         gamma = kwargs.pop("gamma", None)
+        config = kwargs.get("config")
+        if not isinstance(config, LengthValueConfig):
+            hub_kwargs = {k: kwargs[k] for k in ("revision", "subfolder", "cache_dir", "token", "local_files_only")
+                          if k in kwargs}
+            config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        _import_backbone_class(config.decoder_config)
         critic = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if gamma is not None:
             critic.config.gamma = check_gamma(gamma)
@@ -409,6 +416,18 @@ class LengthValueModel(PreTrainedModel):
         empty = prompt_ids.new_zeros((prompt_ids.shape[0], 0))
         values = self.values_for_completions(prompt_ids, prompt_mask, empty, empty, micro_batch_size)
         return value_to_length(values[:, 0], self.gamma)
+
+
+def _import_backbone_class(decoder_config: PreTrainedConfig) -> None:
+    # Under ZeRO-3, from_pretrained builds the critic inside deepspeed.zero.Init, which wraps the __init__ of every
+    # nn.Module class created meanwhile and puts the wrapped one back on exit. A class whose decorator replaces
+    # __init__ after creation (kernels' use_kernelized_func on LlamaAttention) then loses the decorator's __init__,
+    # and every later instance fails in forward ("no attribute '_kernel_funcs'"). Importing the backbone's module
+    # first creates its classes outside the context.
+    try:
+        MODEL_MAPPING[type(decoder_config)]
+    except KeyError:
+        pass  # AutoModel.from_config names the unsupported type itself
 
 
 def _check_local_path(name: Any, what: str) -> None:
