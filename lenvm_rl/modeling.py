@@ -71,6 +71,7 @@ class LengthValueConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         check_decoder_config(self.decoder_config)
+        _import_backbone_class(self.decoder_config)
         if self.head_hidden_size is None:
             self.head_hidden_size = int(self.decoder_config.hidden_size)
         if self.gamma is not None:
@@ -292,12 +293,6 @@ class LengthValueModel(PreTrainedModel):
         kwargs.setdefault("use_safetensors", True)
         kwargs.setdefault("trust_remote_code", False)
         gamma = kwargs.pop("gamma", None)
-        config = kwargs.get("config")
-        if not isinstance(config, LengthValueConfig):
-            hub_kwargs = {k: kwargs[k] for k in ("revision", "subfolder", "cache_dir", "token", "local_files_only")
-                          if k in kwargs}
-            config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        _import_backbone_class(config.decoder_config)
         critic = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if gamma is not None:
             critic.config.gamma = check_gamma(gamma)
@@ -422,8 +417,9 @@ def _import_backbone_class(decoder_config: PreTrainedConfig) -> None:
     # Under ZeRO-3, from_pretrained builds the critic inside deepspeed.zero.Init, which wraps the __init__ of every
     # nn.Module class created meanwhile and puts the wrapped one back on exit. A class whose decorator replaces
     # __init__ after creation (kernels' use_kernelized_func on LlamaAttention) then loses the decorator's __init__,
-    # and every later instance fails in forward ("no attribute '_kernel_funcs'"). Importing the backbone's module
-    # first creates its classes outside the context.
+    # and every later instance fails in forward ("no attribute '_kernel_funcs'"). The config is always built before
+    # the model (from_pretrained reads it before entering zero.Init), so importing the backbone's module here
+    # creates its classes outside the context on every path.
     try:
         MODEL_MAPPING[type(decoder_config)]
     except KeyError:
